@@ -1,0 +1,106 @@
+"""The experiment file: every ready file loads; bad files fail with every problem named together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from tunetrain import ConfigError, load_experiment
+from tunetrain.experiment import apply_overrides, experiment_from_dict
+
+SEARCH_SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def test_the_ready_files_are_there():
+    names = {p.name for p in SEARCH_SPACES}
+    assert {"quickstart.yaml", "mnist1d_mlp.yaml", "mnist1d_cnn.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_every_ready_file_loads_and_builds(path):
+    experiment = load_experiment(path)
+    args = experiment.training_arguments(output_dir="/tmp/unused")
+    assert args.output_dir == "/tmp/unused"
+    params, how = experiment.space.defaults()
+    assert experiment.space.validate(params) == params
+    assert set(how) == set(params)
+    from tunetrain import load_task
+
+    task = load_task(experiment.task)
+    model = task.model_init({k: v for k, v in params.items() if k not in args.to_dict()})
+    assert sum(p.numel() for p in model.parameters()) > 0
+    # torchtune's habit: every ready file starts with the command that runs it
+    assert path.read_text().startswith("# tunetrain ")
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides_set_nested_keys_with_yaml_values(tmp_path):
+    path = _file(tmp_path, "name: x\ntask: tiny_task:task\ntrain: {num_train_epochs: 2}\n")
+    experiment = load_experiment(path, ["train.num_train_epochs=5", "train.learning_rate=1e-3", "name=y"])
+    assert experiment.train == {"num_train_epochs": 5, "learning_rate": "1e-3"}
+    assert experiment.training_arguments().learning_rate == 0.001
+    assert experiment.name == "y"
+    assert experiment.training_arguments().output_dir == str(Path("runs") / "y")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.num_train_epochs"], "must look like section.key=value"),
+        (["trian.x=1"], r"'trian' is not a section \(did you mean `train`"),
+        (["train.num_train_epochs.deep=1"], "'num_train_epochs' is not a mapping"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides({"name": "x", "train": {"num_train_epochs": 2}}, overrides)
+
+
+def test_all_problems_are_reported_together():
+    raw = {
+        "name": "bad name!",
+        "task": "nocolon",
+        "trian": {},
+        "train": {"learning_rat": 0.1},
+        "space": {"lr": {"type": "float", "low": 1, "high": 0}},
+    }
+    with pytest.raises(ConfigError) as caught:
+        experiment_from_dict(raw)
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in ("`trian` is not an experiment key", "`name` is 'bad name!'", "`task` is 'nocolon'",
+                 "`train.learning_rat` is not a TrainingArguments field", "`space.lr"):  # fmt: skip
+        assert part in message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\ntask: [unclosed\n", r"is not valid YAML \(line 3, column 1\)"),
+        ("- just\n- a list\n", "must be a mapping with keys name, task"),
+        ("name: x\ntask: a:b\ntrain: 3\n", "`train` is a int, but must be a mapping"),
+        ("name: x\ntask: a:b\ntrain: {eval_strategy: epoch, load_best_model_at_end: true}\n", "needs save_strategy"),
+        ("name: x\ntask: a:b\ntrain: {learning_rate: 0.1}\nspace: {learning_rate: {type: float, low: 0.1, high: 1}}\n",
+         "`train.learning_rate` is fixed, but `space.learning_rate` searches it"),
+    ],
+)  # fmt: skip
+def test_bad_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(_file(tmp_path, text))
+
+
+def test_missing_file_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_experiment(tmp_path / "nope.yaml")
+    experiment = load_experiment(SEARCH_SPACES[0])
+    again = experiment_from_dict(yaml.safe_load(yaml.safe_dump(experiment.to_dict(), sort_keys=False)))
+    assert again.space == experiment.space
+    assert again.train == experiment.train

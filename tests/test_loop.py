@@ -1,0 +1,351 @@
+"""The core loop: exact resume, checkpoints, best model, accumulation, Optuna, metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import tiny_task
+import torch
+
+from tunetrain import CheckpointError, ConfigError, SearchSpace, Task, Trainer, TrainingArguments, train
+from tunetrain import checkpoint as ckpt
+
+
+def _args(tmp_path: Path, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=3,
+        per_device_train_batch_size=16,  # 15 batches an epoch
+        per_device_eval_batch_size=32,
+        learning_rate=0.01,
+        logging_steps=4,
+        eval_strategy="steps",
+        eval_steps=6,
+        save_steps=6,
+        metric_for_best_model="accuracy",
+        disable_tqdm=True,
+        report_to="none",
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _losses(trainer: Trainer) -> list[dict]:
+    return [e for e in trainer.state.log_history if "loss" in e]
+
+
+def _resumed_copy(tmp_path: Path, source: Path, step: int) -> Path:
+    """A fresh output dir holding only checkpoint-{step} of `source`: as if the run was killed after it."""
+    target = tmp_path / f"resumed-{step}"
+    shutil.copytree(source / f"checkpoint-{step}", target / f"checkpoint-{step}")
+    return target
+
+
+@pytest.mark.parametrize(
+    ("step", "accum"),
+    [(18, 1), (30, 1), (6, 3)],  # mid-epoch (15 batches an epoch), at an epoch boundary, mid-epoch with accumulation
+)
+def test_resume_is_bitwise_exact(tmp_path, tiny_task, step, accum):
+    args = _args(tmp_path, gradient_accumulation_steps=accum, save_steps=6 if accum == 1 else 3, eval_steps=3)
+    full = Trainer(tiny_task, args)
+    full_out = full.train()
+    out_dir = _resumed_copy(tmp_path, Path(args.output_dir), step)
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(out_dir)))
+    resumed_out = resumed.train(resume_from_checkpoint=True)
+
+    assert resumed_out.global_step == full_out.global_step
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _losses(resumed) == _losses(full)  # every logged loss, the ones before the checkpoint included
+    assert resumed.state.best_metric == full.state.best_metric
+
+
+def test_resume_metrics_count_only_this_call(tmp_path, tiny_task):
+    args = _args(tmp_path)
+    full = train(tiny_task, args)
+    out_dir = _resumed_copy(tmp_path, Path(args.output_dir), 36)
+    resumed = train(tiny_task, args.replace(output_dir=str(out_dir)), resume_from_checkpoint=True)
+    assert full.global_step == resumed.global_step == 45
+    steps_done, samples_done = 45 - 36, 240 * 3 - 36 * 16
+    per_step = resumed.metrics["train_steps_per_second"]
+    assert per_step * resumed.metrics["train_runtime"] == pytest.approx(steps_done, rel=0.01)
+    samples = resumed.metrics["train_samples_per_second"] * resumed.metrics["train_runtime"]
+    assert samples == pytest.approx(samples_done, rel=0.01)
+    assert resumed.metrics["epoch"] == full.metrics["epoch"] == 3.0
+    # the mean loss of the 9 steps done after the resume, not of all 45, and not divided by 45
+    assert resumed.training_loss != pytest.approx(full.training_loss)
+    assert resumed.training_loss < full.training_loss
+
+
+def test_resume_true_takes_the_latest_and_a_path_takes_that_one(tmp_path, tiny_task):
+    args = _args(tmp_path, num_train_epochs=1)  # 15 steps: checkpoints 6 and 12
+    train(tiny_task, args)
+    run = Path(args.output_dir)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-6", "checkpoint-12"]
+    assert ckpt.find_latest(run).name == "checkpoint-12"
+    longer = args.replace(num_train_epochs=2)
+    trainer = Trainer(tiny_task, longer)
+    trainer.train(resume_from_checkpoint=True)
+    first_log = _losses(trainer)[-1]
+    assert trainer.state.global_step == 30
+    # resuming from checkpoint-12: the log lines up to step 12 come from the checkpoint
+    assert [e["step"] for e in _losses(trainer)][:3] == [4, 8, 12]
+    assert first_log["step"] == 28
+    from_path = Trainer(tiny_task, longer.replace(output_dir=str(tmp_path / "other")))
+    from_path.train(resume_from_checkpoint=str(run / "checkpoint-6"))
+    assert from_path.state.global_step == 30
+
+
+def test_half_written_checkpoint_is_never_the_latest(tmp_path, tiny_task):
+    args = _args(tmp_path, num_train_epochs=1)
+    train(tiny_task, args)
+    run = Path(args.output_dir)
+    partial = run / ".tmp-checkpoint-99-1234"  # what a kill during a save leaves
+    shutil.copytree(run / "checkpoint-12", partial)
+    (partial / ckpt.TRAINER_STATE_NAME).unlink()
+    assert ckpt.find_latest(run).name == "checkpoint-12"
+    Trainer(tiny_task, args.replace(num_train_epochs=2)).train(resume_from_checkpoint=True)
+    assert not partial.exists()
+
+
+def test_rotation_keeps_the_best(tmp_path, tiny_task):
+    # a learning rate that makes accuracy peak early, so the best is not among the latest
+    args = _args(tmp_path, num_train_epochs=4, save_total_limit=2, learning_rate=0.05)
+    trainer = Trainer(tiny_task, args)
+    trainer.train()
+    run = Path(args.output_dir)
+    names = [p.name for p in ckpt.list_checkpoints(run)]
+    best = Path(trainer.state.best_model_checkpoint).name
+    assert best in names
+    assert names[-1] == "checkpoint-60"
+    assert len(names) == 2 if best == "checkpoint-60" else len(names) == 2 and best == names[0]
+    state = json.loads((run / names[-1] / ckpt.TRAINER_STATE_NAME).read_text())
+    assert state["best_model_checkpoint"].endswith(best)
+
+
+def test_rotate_checkpoints_never_deletes_the_best(tmp_path):
+    for step in (5, 10, 15, 20):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / ckpt.TRAINER_STATE_NAME).write_text("{}")
+    deleted = ckpt.rotate_checkpoints(tmp_path, limit=1, keep=tmp_path / "checkpoint-5")
+    assert sorted(p.name for p in deleted) == ["checkpoint-10", "checkpoint-15"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-20"]
+    deleted = ckpt.rotate_checkpoints(tmp_path, limit=1, keep=tmp_path / "checkpoint-20")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-20"]
+
+
+def test_load_best_model_at_end_restores_the_best_weights(tmp_path, tiny_task):
+    args = _args(tmp_path, num_train_epochs=4, learning_rate=0.05, load_best_model_at_end=True)
+    trainer = Trainer(tiny_task, args)
+    out = trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None
+    from safetensors.torch import load_file
+
+    expected = load_file(Path(best) / ckpt.WEIGHTS_NAME)
+    assert all(torch.equal(expected[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.evaluate()["eval_accuracy"] == out.metrics["best_metric"]
+
+
+def test_objective_is_the_best_evaluation_not_the_last(tmp_path, tiny_task):
+    trainer = Trainer(tiny_task, _args(tmp_path, num_train_epochs=4, learning_rate=0.05))
+    out = trainer.train()
+    evaluations = [e["eval_accuracy"] for e in trainer.state.log_history if "eval_accuracy" in e]
+    assert out.metrics["best_metric"] == max(evaluations)
+    assert trainer.state.num_evaluations == len(evaluations) == 10
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_task):
+    common = dict(num_train_epochs=1, max_steps=5, optim="sgd", learning_rate=0.1, max_grad_norm=0.0)
+    big = Trainer(tiny_task, _args(tmp_path / "a", per_device_train_batch_size=32, **common))
+    small = Trainer(
+        tiny_task, _args(tmp_path / "b", per_device_train_batch_size=8, gradient_accumulation_steps=4, **common)
+    )
+    task = Task(model_init=lambda p: tiny_task.model_init({"dropout": 0.0}), train_dataset=tiny_task.train_dataset)
+    big.task = small.task = task
+    big_out, small_out = big.train(), small.train()
+    assert big_out.global_step == small_out.global_step == 5
+    for name, value in _weights(big).items():
+        torch.testing.assert_close(_weights(small)[name], value, rtol=1e-5, atol=1e-6)
+    assert small_out.training_loss == pytest.approx(big_out.training_loss, rel=1e-5)
+
+
+SPACE = SearchSpace.from_mapping(
+    {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "hidden": {"type": "int", "low": 4, "high": 32},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    }
+)
+
+
+def test_dict_and_optuna_trial_give_the_same_run(tmp_path, tiny_task):
+    params = {"learning_rate": 0.02, "hidden": 8, "dropout": 0.25}
+    from_dict = Trainer(tiny_task, _args(tmp_path / "a"), SPACE)
+    dict_out = from_dict.train(trial=params)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(params)
+    from_trial = Trainer(tiny_task, _args(tmp_path / "b"), SPACE)
+    trial_out = from_trial.train(trial=study.ask())
+    assert from_trial.params == from_dict.params == params
+    assert trial_out.training_loss == dict_out.training_loss
+    assert trial_out.metrics["best_metric"] == dict_out.metrics["best_metric"]
+    assert from_trial.run_args.learning_rate == 0.02  # a TrainingArguments field, overridden by the param
+    assert from_trial.model[0].out_features == 8  # the rest went to model_init
+
+
+def test_optuna_pruning_stops_cleanly_and_raises_trial_pruned(tmp_path, tiny_task):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    trial = study.ask()
+    trainer = Trainer(tiny_task, _args(tmp_path, report_to="tensorboard"), SPACE)
+    with pytest.raises(optuna.TrialPruned, match="pruned at evaluation 1"):
+        trainer.train(trial=trial)
+    assert trainer.state.global_step == 6  # stopped at the first evaluation
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: trainer.state.best_metric}
+    assert (Path(trainer.run_args.output_dir) / "checkpoint-6").is_dir()
+
+
+def test_early_stopping_patience(tmp_path, tiny_task):
+    # learning_rate 0: the metric never improves after the first evaluation
+    trainer = Trainer(tiny_task, _args(tmp_path, learning_rate=0.0, early_stopping_patience=2))
+    out = trainer.train()
+    assert out.global_step == 18
+    assert out.metrics["stopped"] == "early_stopping"
+
+
+def _scalar_events(logdir: Path) -> dict[str, list[int]]:
+    """tag -> steps, read from the TFRecord event files with tensorboardX's own protobufs."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, list[int]] = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(event.step)
+    return found
+
+
+def test_tensorboard_events_hold_the_run(tmp_path, tiny_task):
+    args = _args(tmp_path, report_to="tensorboard", num_train_epochs=1)
+    train(tiny_task, args, space=SPACE, trial={"learning_rate": 0.01, "hidden": 8, "dropout": 0.0})
+    events = _scalar_events(Path(args.output_dir) / "runs")
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/accuracy", "eval/loss"} <= set(events)
+    assert events["train/loss"] == [4, 8, 12]
+    assert events["eval/accuracy"] == [6, 12]
+    assert "hparam/best_metric" in events  # the params with the final metrics
+
+
+def test_dict_batches_model_loss_and_arrow_data(tmp_path):
+    trainer = Trainer(tiny_task.dict_task(), _args(tmp_path, learning_rate=0.1, num_train_epochs=2))
+    out = trainer.train()
+    assert out.metrics["best_metric"] > 0.5
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(out.metrics["eval_loss"])
+
+
+def test_evaluate_scores_any_split_with_a_prefix(tmp_path, tiny_task):
+    trainer = Trainer(tiny_task, _args(tmp_path, num_train_epochs=1))
+    trainer.train()
+    metrics = trainer.evaluate(tiny_task.test_dataset, metric_key_prefix="test")
+    assert {"test_loss", "test_accuracy", "test_runtime"} <= set(metrics)
+
+
+def test_checkpoint_files_are_safe_to_load(tmp_path, tiny_task):
+    args = _args(tmp_path, num_train_epochs=1)
+    train(tiny_task, args)
+    path = Path(args.output_dir) / "checkpoint-6"
+    names = {p.name for p in path.iterdir()}
+    assert set(ckpt.REQUIRED_FILES) <= names
+    for name in (ckpt.OPTIMIZER_NAME, ckpt.SCHEDULER_NAME, ckpt.RNG_STATE_NAME):
+        torch.load(path / name, weights_only=True)  # no pickled objects
+    assert json.loads((path / ckpt.TRAINER_STATE_NAME).read_text())["global_step"] == 6
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_metric_that_compute_metrics_never_returns(tmp_path, tiny_task):
+    with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'f1', but the evaluation returned only eval_"):
+        train(tiny_task, _args(tmp_path, metric_for_best_model="f1"))
+
+
+def test_params_outside_the_space(tmp_path, tiny_task):
+    with pytest.raises(ConfigError, match="hidden"):
+        Trainer(tiny_task, _args(tmp_path), SPACE).train(trial={"hidden": 1000})
+    with pytest.raises(ConfigError, match="nope"):
+        Trainer(tiny_task, _args(tmp_path), SPACE).train(trial={"nope": 1})
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_missing_incomplete_and_foreign_checkpoints(tmp_path, tiny_task):
+    args = _args(tmp_path, num_train_epochs=1)
+    with pytest.raises(CheckpointError, match="there is no checkpoint in"):
+        Trainer(tiny_task, args).train(resume_from_checkpoint=True)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(tiny_task, args).train(resume_from_checkpoint=str(tmp_path / "nowhere"))
+    train(tiny_task, args)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(Path(args.output_dir) / "checkpoint-6", incomplete)
+    (incomplete / ckpt.OPTIMIZER_NAME).unlink()
+    with pytest.raises(CheckpointError, match=r"incomplete: missing optimizer\.pt"):
+        Trainer(tiny_task, args).train(resume_from_checkpoint=str(incomplete))
+    other = Trainer(tiny_task, args.replace(output_dir=str(tmp_path / "other")), SPACE)
+    with pytest.raises(CheckpointError, match=r"from a different model: '0\.(weight|bias)' has shape"):
+        other.train(resume_from_checkpoint=str(Path(args.output_dir) / "checkpoint-6"), trial={"hidden": 5})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"learning_rat": 0.1},
+            r"`train.learning_rat` is not a TrainingArguments field \(did you mean `learning_rate`",
+        ),
+        ({"num_train_epochs": "many"}, r"`train.num_train_epochs` is 'many' \(str\), but must be a float"),
+        ({"load_best_model_at_end": True, "eval_strategy": "epoch"}, "needs save_strategy to match eval_strategy"),
+        ({"load_best_model_at_end": True}, "needs an evaluation, but eval_strategy is 'no'"),
+        ({"optim": "lion"}, "`train.optim` is 'lion', but must be one of adamw | adam | sgd"),
+        ({"fp16": True, "bf16": True}, "at most one mixed precision"),
+        ({"per_device_train_batch_size": 0}, "must be >= 1"),
+        ({"momentum": 0.9}, "applies only to optim=sgd"),
+        ({"learning_rate": float("nan")}, "must be a finite number"),
+    ],
+)
+def test_bad_training_arguments(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingArguments.from_dict(values)
+
+
+def test_unloadable_tasks():
+    from tunetrain import TaskError, load_task
+
+    with pytest.raises(TaskError, match="no module named 'no_such_module'"):
+        load_task("no_such_module:task")
+    with pytest.raises(TaskError, match="has no attribute 'nothing'"):
+        load_task("tiny_task:nothing")
+    with pytest.raises(TaskError, match=r"returned a int, but must return a tunetrain\.Task"):
+        load_task("tiny_task:broken_task")
+    with pytest.raises(TaskError, match="must look like"):
+        load_task("tiny_task")
+    assert load_task(f"{Path(tiny_task.__file__)}:task").name == "tiny"
+
+
+def test_yaml_no_is_read_as_the_no_strategy():
+    import yaml
+
+    args = TrainingArguments.from_dict(yaml.safe_load("eval_strategy: no\nsave_strategy: no\nlogging_strategy: no"))
+    assert (args.eval_strategy, args.save_strategy, args.logging_strategy) == ("no", "no", "no")

@@ -1,0 +1,72 @@
+"""A small synthetic classification task for fast tests: 4 classes from a random linear teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from tunetrain import Task
+
+
+def _data() -> tuple[TensorDataset, TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, generator=g)
+    y = (x @ torch.randn(12, 4, generator=g)).argmax(1)
+    return TensorDataset(x[:240], y[:240]), TensorDataset(x[240:], y[240:])
+
+
+def model_init(params: dict[str, Any]) -> torch.nn.Module:
+    hidden = int(params.get("hidden", 16))
+    dropout = float(params.get("dropout", 0.1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 4)
+    )
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float((predictions.argmax(-1) == labels).mean())}
+
+
+def task() -> Task:
+    train, evaluation = _data()
+    return Task(
+        model_init=model_init, train_dataset=train, eval_dataset=evaluation, test_dataset=evaluation,
+        compute_metrics=accuracy, name="tiny",
+    )  # fmt: skip
+
+
+class DictModel(torch.nn.Module):
+    """Takes a dict batch with `labels` and returns `{"loss", "logits"}`, as a Transformers model does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 4)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.linear(features)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def dict_task() -> Task:
+    import pyarrow as pa
+
+    train, evaluation = _data()
+
+    def table(ds: TensorDataset) -> pa.Table:
+        x, y = ds.tensors
+        return pa.table({"features": [row.tolist() for row in x], "labels": y.numpy()})
+
+    return Task(
+        model_init=lambda params: DictModel(), train_dataset=table(train), eval_dataset=table(evaluation),
+        compute_metrics=accuracy, name="tiny-dict",
+    )  # fmt: skip
+
+
+def broken_task() -> int:
+    return 42

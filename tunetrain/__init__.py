@@ -1,0 +1,65 @@
+"""tunetrain: a hyperparameter-search-centric training framework for PyTorch.
+
+The public API is exactly what `__all__` lists; it is imported lazily so that the command line (and a search
+driver that only reads experiment files) starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ArrowDataset": "tunetrain.data",
+    "CheckpointError": "tunetrain.errors",
+    "ConfigError": "tunetrain.errors",
+    "Experiment": "tunetrain.experiment",
+    "SearchSpace": "tunetrain.space",
+    "Task": "tunetrain.task",
+    "TaskError": "tunetrain.errors",
+    "TrainOutput": "tunetrain.loop",
+    "Trainer": "tunetrain.loop",
+    "TrainingArguments": "tunetrain.args",
+    "load_experiment": "tunetrain.experiment",
+    "load_task": "tunetrain.task",
+    "train": "tunetrain.loop",
+}
+
+__all__ = [
+    "ArrowDataset",
+    "CheckpointError",
+    "ConfigError",
+    "Experiment",
+    "SearchSpace",
+    "Task",
+    "TaskError",
+    "TrainOutput",
+    "Trainer",
+    "TrainingArguments",
+    "load_experiment",
+    "load_task",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from tunetrain.args import TrainingArguments
+    from tunetrain.data import ArrowDataset
+    from tunetrain.errors import CheckpointError, ConfigError, TaskError
+    from tunetrain.experiment import Experiment, load_experiment
+    from tunetrain.loop import Trainer, TrainOutput, train
+    from tunetrain.space import SearchSpace
+    from tunetrain.task import Task, load_task
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tunetrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,238 @@
+"""`TrainingArguments`: the knobs of one run, named as in HuggingFace Transformers.
+
+Every value is checked where the object is built: a wrong type, a value out of range, or two options that
+cannot go together raise `ConfigError` naming the field and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tunetrain.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+STRATEGIES = ("no", "steps", "epoch")
+REPORT_TO = ("tensorboard", "none")
+
+
+@dataclass(kw_only=True)
+class TrainingArguments:
+    """What one training run does; the names and defaults follow `transformers.TrainingArguments`.
+
+    Allowed values: `optim` in adamw | adam | sgd (sgd takes `momentum`); `lr_scheduler_type` in linear | cosine |
+    constant | constant_with_warmup; `logging_strategy`, `eval_strategy`, `save_strategy` in no | steps | epoch;
+    `report_to` in tensorboard | none. `max_steps` > 0 overrides `num_train_epochs`. `metric_for_best_model`
+    names an evaluation metric with or without its `eval_` prefix; it defaults to `loss` when something needs it.
+    `early_stopping_patience` counts evaluations without improvement.
+    """
+
+    output_dir: str = "tunetrain_output"
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    optim: str = "adamw"
+    momentum: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    fp16: bool = False
+    bf16: bool = False
+    use_cpu: bool = False
+    seed: int = 42
+    logging_strategy: str = "steps"
+    logging_steps: int = 500
+    logging_dir: str | None = None
+    eval_strategy: str = "no"
+    eval_steps: int | None = None
+    save_strategy: str = "steps"
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    early_stopping_patience: int | None = None
+    auto_find_batch_size: bool = False
+    dataloader_num_workers: int = 0
+    report_to: str = "tensorboard"
+    disable_tqdm: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("logging_strategy", "eval_strategy", "save_strategy"):
+            if getattr(self, name) is False:  # YAML 1.1 reads a bare `no` as false (the "Norway problem")
+                setattr(self, name, "no")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _FIELD_KINDS[f.name]))
+        _check_choices(self)
+        _check_ranges(self)
+        _check_combinations(self)
+        if self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        needs_metric = self.load_best_model_at_end or self.early_stopping_patience is not None
+        if self.metric_for_best_model is None and needs_metric:
+            self.metric_for_best_model = "loss"
+        if self.greater_is_better is None:
+            self.greater_is_better = not (self.metric_for_best_model or "loss").endswith("loss")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, where: str = "train") -> TrainingArguments:
+        """Build from a mapping (an experiment file's `train:` section); unknown keys name a close match."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"`{where}` must be a mapping of TrainingArguments fields, got {type(values).__name__}")
+        for key in values:
+            if key not in _FIELD_KINDS:
+                raise ConfigError(f"`{where}.{key}` is not a TrainingArguments field{_suggest(key, _FIELD_KINDS)}")
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"`{where}.{str(exc).lstrip('`')}") from None
+
+    def replace(self, **overrides: Any) -> TrainingArguments:
+        """A copy with some fields changed, checked like a new object (unknown fields are an error)."""
+        return TrainingArguments.from_dict({**self.to_dict(), **overrides}, where="args")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def objective_metric(self) -> str:
+        """The full metric key the run is judged by (`eval_` prefix added, as in Transformers)."""
+        name = self.metric_for_best_model or "loss"
+        return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def field_names() -> frozenset[str]:
+    """The names a search space param may use to override a TrainingArguments field."""
+    return frozenset(_FIELD_KINDS)
+
+
+# (type name, allows None); derived once from the annotations so a new field cannot be forgotten.
+def _field_kinds() -> dict[str, tuple[str, bool]]:
+    kinds = {}
+    for f in dataclasses.fields(TrainingArguments):
+        annotation = str(f.type)
+        kinds[f.name] = (annotation.split(" ")[0], "None" in annotation)
+    return kinds
+
+
+def _coerce(name: str, value: Any, kind: tuple[str, bool]) -> Any:
+    type_name, nullable = kind
+    if value is None:
+        if nullable:
+            return None
+        raise ConfigError(f"`{name}` is None, but must be a {type_name}")
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"`{name}` is {value}, but must be a finite number")
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
+    elif type_name == "str" and isinstance(value, str):
+        return value
+    raise ConfigError(f"`{name}` is {value!r} ({type(value).__name__}), but must be a {type_name}")
+
+
+def _check_choices(args: TrainingArguments) -> None:
+    for name, allowed in (
+        ("optim", OPTIMIZERS),
+        ("lr_scheduler_type", LR_SCHEDULERS),
+        ("logging_strategy", STRATEGIES),
+        ("eval_strategy", STRATEGIES),
+        ("save_strategy", STRATEGIES),
+        ("report_to", REPORT_TO),
+    ):
+        value = getattr(args, name)
+        if value not in allowed:
+            raise ConfigError(f"`{name}` is {value!r}, but must be one of {' | '.join(allowed)}")
+
+
+def _check_ranges(args: TrainingArguments) -> None:
+    positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be >= 1")
+    for name, strategy in (("logging_steps", "logging_strategy"), ("save_steps", "save_strategy")):
+        if getattr(args, strategy) == "steps" and getattr(args, name) < 1:
+            raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be >= 1 when {strategy}=steps")
+    if args.eval_steps is not None and args.eval_steps < 1:
+        raise ConfigError(f"`eval_steps` is {args.eval_steps}, but must be >= 1")
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ConfigError(f"`num_train_epochs` is {args.num_train_epochs}, but must be > 0 when max_steps <= 0")
+    for name in ("learning_rate", "weight_decay", "momentum", "max_grad_norm", "adam_epsilon"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be >= 0")
+    for name in ("adam_beta1", "adam_beta2", "momentum"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be in [0, 1)")
+    if not 0.0 <= args.warmup_ratio < 1.0:
+        raise ConfigError(f"`warmup_ratio` is {args.warmup_ratio}, but must be in [0, 1)")
+    for name in ("warmup_steps", "dataloader_num_workers"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be >= 0")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise ConfigError(f"`save_total_limit` is {args.save_total_limit}, but must be >= 1 (or null for no limit)")
+    if args.early_stopping_patience is not None and args.early_stopping_patience < 1:
+        raise ConfigError(f"`early_stopping_patience` is {args.early_stopping_patience}, but must be >= 1")
+    if not args.output_dir:
+        raise ConfigError("`output_dir` is empty, but must name a directory")
+
+
+def _check_combinations(args: TrainingArguments) -> None:
+    if args.fp16 and args.bf16:
+        raise ConfigError("`fp16` and `bf16` are both true, but at most one mixed precision can be chosen")
+    if args.momentum and args.optim != "sgd":
+        raise ConfigError(f"`momentum` is {args.momentum}, but it applies only to optim=sgd (optim is {args.optim!r})")
+    if args.warmup_steps and args.warmup_ratio:
+        raise ConfigError("`warmup_steps` and `warmup_ratio` are both set, but only one of them can be")
+    if args.load_best_model_at_end:
+        if args.eval_strategy == "no":
+            raise ConfigError("`load_best_model_at_end` needs an evaluation, but eval_strategy is 'no'")
+        if args.save_strategy != args.eval_strategy:
+            raise ConfigError(
+                f"`load_best_model_at_end` needs save_strategy to match eval_strategy, "
+                f"but they are {args.save_strategy!r} and {args.eval_strategy!r}"
+            )
+        eval_steps = args.eval_steps or args.logging_steps
+        if args.eval_strategy == "steps" and args.save_steps % eval_steps:
+            raise ConfigError(
+                f"`load_best_model_at_end` needs save_steps to be a multiple of eval_steps, "
+                f"but they are {args.save_steps} and {eval_steps}"
+            )
+    if args.early_stopping_patience is not None and args.eval_strategy == "no":
+        raise ConfigError("`early_stopping_patience` needs an evaluation, but eval_strategy is 'no'")
+
+
+def _suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+_FIELD_KINDS = _field_kinds()

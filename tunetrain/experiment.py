@@ -1,0 +1,180 @@
+"""The experiment file: one YAML that drives train, search and export.
+
+```yaml
+name: mnist1d-cnn
+task: tunetrain.tasks.mnist1d:cnn      # "module:attr" or "path/to/file.py:attr"
+train: {num_train_epochs: 20, ...}     # fixed TrainingArguments
+space: {learning_rate: {type: float, low: 1.0e-4, high: 0.1, log: true}, ...}
+search: {backend: ray, num_trials: 64, ...}
+```
+
+Loading checks every section and reports all problems it finds together, each naming its key path. Nothing
+here imports torch: a file can be checked without starting a training process.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunetrain.args import TrainingArguments, field_names
+from tunetrain.errors import ConfigError
+from tunetrain.space import SearchSpace
+
+TOP_LEVEL_KEYS = ("name", "task", "train", "space", "search")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_MAX_FILE_BYTES = 1_000_000
+
+
+@dataclass
+class Experiment:
+    """A loaded, checked experiment file. `train` is the raw `train:` mapping (with overrides applied)."""
+
+    name: str
+    task: str
+    train: dict[str, Any] = field(default_factory=dict)
+    space: SearchSpace = field(default_factory=lambda: SearchSpace.from_mapping(None))
+    search: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def training_arguments(self, **overrides: Any) -> TrainingArguments:
+        """The fixed TrainingArguments of this experiment; `output_dir` defaults to `runs/{name}`."""
+        values = {"output_dir": str(Path("runs") / self.name), **self.train, **overrides}
+        return TrainingArguments.from_dict(values, where="train")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "task": self.task, "train": dict(self.train)}
+        if not self.space.is_empty:
+            out["space"] = self.space.to_dict()
+        if self.search:
+            out["search"] = dict(self.search)
+        return out
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read, override (`key.path=value`, the value parsed as YAML) and check an experiment file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    if path.stat().st_size > _MAX_FILE_BYTES:
+        raise ConfigError(f"experiment file {str(path)!r} is larger than {_MAX_FILE_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"experiment file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"experiment file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
+    raw = apply_overrides(raw, overrides)
+    experiment = experiment_from_dict(raw)
+    experiment.path = path
+    return experiment
+
+
+def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """A copy of `raw` with each `a.b.c=value` set (the value parsed as YAML, so `3`, `1.0e-3`, `[a, b]` work)."""
+    if not overrides:
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError("--set needs an experiment file whose top level is a mapping")
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. train.num_train_epochs=5")
+        if parts[0] not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"--set {item!r}: {parts[0]!r} is not a section{_suggest(parts[0], TOP_LEVEL_KEYS)}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def experiment_from_dict(raw: Any) -> Experiment:
+    """Check a parsed experiment mapping; every problem found is reported in one ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"an experiment file must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    errors: list[str] = []
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            errors.append(f"`{key}` is not an experiment key{_suggest(key, TOP_LEVEL_KEYS)}")
+    name = _check_name(raw.get("name"), errors)
+    task = raw.get("task")
+    if not isinstance(task, str) or ":" not in task:
+        errors.append(f"`task` is {task!r}, but must be 'pkg.module:attr' or 'path/to/file.py:attr'")
+    train = _section(raw, "train", errors)
+    errors.extend(_train_errors(train))
+    space = None
+    try:
+        space = SearchSpace.from_mapping(_section(raw, "space", errors) or None)
+    except ConfigError as exc:
+        errors.append(str(exc))
+    search = _section(raw, "search", errors)
+    if space is not None:
+        fixed_and_searched = sorted(set(train) & set(space.names))
+        for key in fixed_and_searched:
+            errors.append(f"`train.{key}` is fixed, but `space.{key}` searches it: remove one of them")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return Experiment(name=name, task=task, train=train, space=space, search=search)
+
+
+def _check_name(name: Any, errors: list[str]) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        errors.append(f"`name` is {name!r}, but must be 1-128 letters, digits, '_', '.' or '-' (it names a directory)")
+        return ""
+    return name
+
+
+def _section(raw: Mapping[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.append(f"`{key}` is a {type(value).__name__}, but must be a mapping")
+        return {}
+    bad_keys = [k for k in value if not isinstance(k, str)]
+    if bad_keys:
+        errors.append(f"`{key}` has non-string keys {bad_keys[:3]}")
+        return {}
+    return dict(value)
+
+
+def _train_errors(train: dict[str, Any]) -> list[str]:
+    errors = [
+        f"`train.{key}` is not a TrainingArguments field{_suggest(key, field_names())}"
+        for key in train
+        if key not in field_names()
+    ]
+    if errors:
+        return errors
+    try:
+        TrainingArguments.from_dict({"output_dir": "unused", **train}, where="train")
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def _suggest(word: Any, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
