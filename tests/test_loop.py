@@ -349,3 +349,45 @@ def test_yaml_no_is_read_as_the_no_strategy():
 
     args = TrainingArguments.from_dict(yaml.safe_load("eval_strategy: no\nsave_strategy: no\nlogging_strategy: no"))
     assert (args.eval_strategy, args.save_strategy, args.logging_strategy) == ("no", "no", "no")
+
+
+class _NeedsSmallBatches(torch.nn.Module):
+    """Fails like a GPU out of memory on training batches larger than 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.linear(x)
+
+
+def test_auto_find_batch_size_shrinks_until_it_fits(tmp_path, tiny_task):
+    task = Task(model_init=lambda params: _NeedsSmallBatches(), train_dataset=tiny_task.train_dataset)
+    args = _args(tmp_path, per_device_train_batch_size=32, auto_find_batch_size=True, eval_strategy="no")
+    trainer = Trainer(task, args)
+    out = trainer.train()
+    assert trainer.state.train_batch_size <= 8
+    assert out.global_step == 3 * -(-240 // trainer.state.train_batch_size)
+
+
+def test_parquet_datasets(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tunetrain import ArrowDataset
+
+    task = tiny_task.dict_task()
+    path = tmp_path / "train.parquet"
+    table = task.train_dataset  # an ArrowDataset built from a pyarrow Table
+    assert isinstance(table, ArrowDataset)
+    import pyarrow as pa
+
+    pq.write_table(pa.table({k: v.numpy().tolist() for k, v in table.columns.items()}), path)
+    from_file = Task(model_init=task.model_init, train_dataset=str(path))
+    assert len(from_file.train_dataset) == 240
+    assert from_file.train_dataset[0]["features"].dtype == torch.float32
+    assert train(from_file, _args(tmp_path, eval_strategy="no", num_train_epochs=1)).global_step == 15
+    with pytest.raises(ConfigError, match="does not exist"):
+        Task(model_init=task.model_init, train_dataset=str(tmp_path / "missing.parquet"))
