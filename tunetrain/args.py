@@ -7,13 +7,12 @@ cannot go together raise `ConfigError` naming the field and the rule.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, did_you_mean
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -94,7 +93,7 @@ class TrainingArguments:
             raise ConfigError(f"`{where}` must be a mapping of TrainingArguments fields, got {type(values).__name__}")
         for key in values:
             if key not in _FIELD_KINDS:
-                raise ConfigError(f"`{where}.{key}` is not a TrainingArguments field{_suggest(key, _FIELD_KINDS)}")
+                raise ConfigError(f"`{where}.{key}` is not a TrainingArguments field{did_you_mean(key, _FIELD_KINDS)}")
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -228,11 +227,6 @@ def _check_combinations(args: TrainingArguments) -> None:
             )
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ConfigError("`early_stopping_patience` needs an evaluation, but eval_strategy is 'no'")
-
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 _FIELD_KINDS = _field_kinds()

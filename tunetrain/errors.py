@@ -6,6 +6,9 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ConfigError(ValueError):
     """A user error: the message names the key or value and what was expected."""
@@ -17,3 +20,17 @@ class CheckpointError(ConfigError):
 
 class TaskError(ConfigError):
     """A task path that does not import, names nothing, or names something that is not a task."""
+
+
+def did_you_mean(word: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """` (did you mean `x`?)` for the closest candidate, or "" (for messages that name an unknown key).
+
+    Swapped letters first (`lgo` is `log`, though difflib rates `low` closer), then difflib's closest match.
+    Never "; ": that separates the problems of one collected error.
+    """
+    if not isinstance(word, str):
+        return ""
+    candidates = list(candidates)
+    match = [c for c in candidates if sorted(c) == sorted(word)]
+    match = match or difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
+    return f" (did you mean `{match[0]}`?)" if match else ""

@@ -15,7 +15,6 @@ here imports torch: a file can be checked without starting a training process.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 
 from tunetrain.args import TrainingArguments, field_names
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, did_you_mean
 from tunetrain.space import SearchSpace
 
 TOP_LEVEL_KEYS = ("name", "task", "train", "space", "search")
@@ -93,7 +92,7 @@ def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
         if not sep or not all(parts):
             raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. train.num_train_epochs=5")
         if parts[0] not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"--set {item!r}: {parts[0]!r} is not a section{_suggest(parts[0], TOP_LEVEL_KEYS)}")
+            raise ConfigError(f"--set {item!r}: {parts[0]!r} is not a section{did_you_mean(parts[0], TOP_LEVEL_KEYS)}")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -117,7 +116,7 @@ def experiment_from_dict(raw: Any) -> Experiment:
     errors: list[str] = []
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            errors.append(f"`{key}` is not an experiment key{_suggest(key, TOP_LEVEL_KEYS)}")
+            errors.append(f"`{key}` is not an experiment key{did_you_mean(key, TOP_LEVEL_KEYS)}")
     name = _check_name(raw.get("name"), errors)
     task = raw.get("task")
     if not isinstance(task, str) or ":" not in task:
@@ -162,7 +161,7 @@ def _section(raw: Mapping[str, Any], key: str, errors: list[str]) -> dict[str, A
 
 def _train_errors(train: dict[str, Any]) -> list[str]:
     errors = [
-        f"`train.{key}` is not a TrainingArguments field{_suggest(key, field_names())}"
+        f"`train.{key}` is not a TrainingArguments field{did_you_mean(key, field_names())}"
         for key in train
         if key not in field_names()
     ]
@@ -173,8 +172,3 @@ def _train_errors(train: dict[str, Any]) -> list[str]:
     except ConfigError as exc:
         return [str(exc)]
     return []
-
-
-def _suggest(word: Any, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""

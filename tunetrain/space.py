@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-import difflib
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -370,7 +369,7 @@ class SearchSpace:
         `params` and have one of the listed values.
         """
         if name not in self._params:
-            raise ConfigError(f"`{name}` is not a param of the search space{_suggest(name, self._params)}")
+            raise ConfigError(f"`{name}` is not a param of the search space{did_you_mean(name, self._params)}")
         active: dict[str, Any] = {}
         for param in self._order:
             if param.name in params and _is_active(param, active):
@@ -393,7 +392,7 @@ class SearchSpace:
         if not isinstance(params, Mapping):
             raise ConfigError(f"`{where}` is {_show(params)}, but must be a mapping of param name -> value")
         problems = [
-            f"`{where}.{name}` is not a param of the search space{_suggest(name, self._params)}"
+            f"`{where}.{name}` is not a param of the search space{did_you_mean(name, self._params)}"
             for name in params
             if name not in self._params
         ]
@@ -525,7 +524,7 @@ def _parse_type(spec: Mapping[Any, Any], path: str, problems: list[str]) -> str 
     kind = spec["type"]
     if not isinstance(kind, str) or kind not in TYPES:
         problems.append(
-            f"`{path}.type` is {_show(kind)}, but must be one of {' | '.join(TYPES)}{_suggest(kind, TYPES)}"
+            f"`{path}.type` is {_show(kind)}, but must be one of {' | '.join(TYPES)}{did_you_mean(kind, TYPES)}"
         )
         return None
     return kind
@@ -535,7 +534,7 @@ def _check_keys(spec: Mapping[Any, Any], kind: str | None, path: str, problems: 
     for key in spec:
         if key not in _ALL_KEYS:
             choices = _KEYS[kind] if kind else _ALL_KEYS
-            problems.append(f"`{path}.{key}` is not a param key{_suggest(key, choices)}")
+            problems.append(f"`{path}.{key}` is not a param key{did_you_mean(key, choices)}")
         elif kind is not None and key not in _KEYS[kind]:
             problems.append(f"`{path}.{key}` does not apply to a {kind} param (it takes {', '.join(_KEYS[kind])})")
 
@@ -712,7 +711,7 @@ def _condition_problems(params: Iterable[Param], known_names: set[str], where: s
             if parent == param.name:
                 problems.append(f"`{path}`: a param cannot depend on itself")
             elif parent not in known_names:
-                problems.append(f"`{path}` names no param of the space{_suggest(parent, sorted(known_names))}")
+                problems.append(f"`{path}` names no param of the space{did_you_mean(parent, sorted(known_names))}")
             elif parent in by_name:
                 problems += _condition_value_problems(by_name[parent], values, path)
     problems += [
@@ -889,15 +888,6 @@ def _describe_param(param: Param) -> str:
     if isinstance(param, CategoricalParam):
         return f"one of {_describe_choices(param.choices)}"
     return f"{'an' if param.kind == 'int' else 'a'} {param.kind} in [{param.low}, {param.high}]"
-
-
-def _suggest(name: Any, candidates: Iterable[str]) -> str:
-    if not isinstance(name, str):
-        return ""
-    candidates = list(candidates)
-    # Swapped letters first (`lgo` is `log`, though difflib rates `low` closer), then difflib's closest.
-    match = [c for c in candidates if sorted(c) == sorted(name)] or difflib.get_close_matches(name, candidates, n=1)
-    return f" (did you mean `{match[0]}`?)" if match else ""  # not "; ": that separates the problems
 
 
 def _with_common_keys(param: Param, spec: dict[str, Any]) -> dict[str, Any]:

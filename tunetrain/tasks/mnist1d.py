@@ -12,7 +12,6 @@ shape (batch, 10) and the loop's default cross-entropy is the loss.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 import numbers
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, did_you_mean
 from tunetrain.task import Task
 
 NUM_FEATURES = 40
@@ -128,7 +127,9 @@ def _model_kwargs(params: Mapping[str, Any] | None, defaults: dict[str, Any], mo
     params = dict(params or {})
     takes = ", ".join(f"`{name}`" for name in sorted(defaults))
     unknown = [name for name in params if name not in defaults]
-    errors = [f"`{name}` is not a param of the {model} model{_suggest(name, defaults)}" for name in unknown]
+    errors = [
+        f"`{name}` is not a param of the {model} model{did_you_mean(name, defaults, cutoff=0.7)}" for name in unknown
+    ]
     kwargs = {}
     for name, default in defaults.items():
         value = params.get(name, default)
@@ -154,12 +155,6 @@ def _checked_dropout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     return float(value) if 0 <= value < 1 else None
-
-
-def _suggest(name: str, choices: Mapping[str, Any]) -> str:
-    # cutoff 0.7 (difflib's default is 0.6) keeps `hidden_size` from suggesting `kernel_size`
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.7)
-    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def _halved_length(length: int, kernel_size: int) -> int:
