@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of the experiment file, e.g. --set train.num_train_epochs=5 (repeatable)",
     )  # fmt: skip
+
+    search = commands.add_parser("search", help="search the experiment's space (Ray Tune by default)")
+    search.add_argument("experiment", help="the experiment YAML file")
+    search.add_argument("--backend", choices=("ray", "optuna"), help="override search.backend")
+    search.add_argument("--num-trials", type=int, metavar="N", help="override search.num_trials")
+    search.add_argument("--address", help="a Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--storage", help="where experiments live: a (shared) directory or a URI such as s3://b/p")
+    search.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPUs per trial; fractions share one")
+    search.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of the experiment file, e.g. --set search.num_trials=8 (repeatable)",
+    )  # fmt: skip
+    search.add_argument("--restart", action="store_true", help="delete the experiment's results and start over")
     return parser
 
 
@@ -148,7 +161,37 @@ def _save_final(trainer: Any, params: dict[str, Any], metrics: dict[str, Any]) -
     (output_dir / "results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
 
 
-_COMMANDS = {"train": _train}
+def _search(cli: argparse.Namespace) -> int:
+    from tunetrain.search import search
+
+    try:
+        result = search(
+            cli.experiment,
+            overrides=cli.overrides,
+            backend=cli.backend,
+            num_trials=cli.num_trials,
+            address=cli.address,
+            storage=cli.storage,
+            gpus_per_trial=cli.gpus_per_trial,
+            restart=cli.restart,
+        )
+    except KeyboardInterrupt:
+        print("tunetrain: search interrupted; run the same command again to resume it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    best = result.best
+    if best is None:
+        print("tunetrain: no trial reported a finite metric", file=sys.stderr)
+        return 1
+    summary = {
+        "experiment_dir": result.experiment_dir,
+        "best": {"trial_id": best.trial_id, "params": best.params, result.metric: best.metric,
+                 "checkpoint": best.checkpoint},
+    }  # fmt: skip
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+_COMMANDS = {"train": _train, "search": _search}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""The Ray Tune backend, in one local Ray session (127.0.0.1, 2 CPUs) for the whole module."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import TESTS
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: loopback only
+
+from tunetrain import ConfigError  # noqa: E402
+from tunetrain.experiment import experiment_from_dict  # noqa: E402
+from tunetrain.results import read_history, read_results  # noqa: E402
+from tunetrain.search import search  # noqa: E402
+
+TINY = f"{TESTS / 'tiny_task.py'}:task"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    import logging
+
+    import ray
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        logging_level=logging.ERROR,
+    )  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def _experiment(tmp_path: Path, *, task: str = TINY, epochs: int = 6, **search_section):
+    return experiment_from_dict(
+        {
+            "name": "tiny-search",
+            "task": task,
+            "train": {
+                "num_train_epochs": epochs, "per_device_train_batch_size": 16, "eval_strategy": "epoch",
+                "logging_strategy": "no", "metric_for_best_model": "accuracy", "report_to": "tensorboard",
+            },
+            "space": {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+                "hidden": {"type": "int", "low": 4, "high": 32},
+            },
+            "search": {
+                "backend": "ray", "num_trials": 8, "max_concurrent_trials": 2, "storage": str(tmp_path), "seed": 0,
+                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}, **search_section,
+            },
+        }
+    )  # fmt: skip
+
+
+def test_search_end_to_end_with_asha(tmp_path):
+    result = search(_experiment(tmp_path))
+    exp_dir = tmp_path / "tiny-search"
+    assert result.experiment_dir == str(exp_dir)
+    on_disk = read_results(exp_dir)
+    assert len(on_disk.trials) == 8
+    statuses = {t.trial_id: t.status for t in on_disk.trials}
+    assert set(statuses.values()) <= {"completed", "stopped_early"}
+    stopped = [t for t in on_disk.trials if t.status == "stopped_early"]
+    assert stopped, "ASHA stopped no trial"
+    assert all(t.evaluations < 6 for t in stopped)  # fewer evaluations than the budget
+    assert all(t.evaluations == 6 for t in on_disk.trials if t.status == "completed")
+
+    history = read_history(exp_dir)
+    for trial in on_disk.trials:
+        rows = [h for h in history if h["trial_id"] == trial.trial_id]
+        assert [h["evaluation"] for h in rows] == list(range(1, trial.evaluations + 1))
+        assert trial.best_metric == max(h["metric"] for h in rows)  # the objective is the best, not the last
+        assert (Path(trial.best_checkpoint) / "model.safetensors").is_file()
+        assert (exp_dir / "tensorboard" / trial.trial_id).is_dir()
+    assert result.best.metric == max(t.best_metric for t in on_disk.trials)
+    assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
+
+    # a finished experiment is shown, not rerun
+    again = search(_experiment(tmp_path))
+    assert [(t.trial_id, t.ended_at) for t in again.trials] == [(t.trial_id, t.ended_at) for t in on_disk.trials]
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned():
+    import optuna
+
+    from tunetrain.search import ray as backend
+    from tunetrain.space import SearchSpace
+
+    space = SearchSpace.from_mapping({"x": {"type": "float", "low": 0.0, "high": 1.0}})
+    searcher = backend._PrunedAwareOptunaSearch(
+        space=space.define_by_run, metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    for trial_id in ("stopped", "finished", "broken"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"objective": 0.5, "training_iteration": 1})
+    backend._STOPPED_EARLY.add("stopped")
+    searcher.on_trial_complete("stopped", {"objective": 0.5, "training_iteration": 1})
+    searcher.on_trial_complete("finished", {"objective": 0.9, "training_iteration": 3})
+    searcher.on_trial_complete("broken", None, error=True)
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert searcher._ot_study.trials[0].intermediate_values == {1: 0.5}
+
+
+FLAKY_TASK = '''
+import os, sys
+sys.path.insert(0, {tests!r})
+import torch
+import tiny_task
+
+class Flaky(torch.nn.Module):
+    """Raises once, at its 40th training step; counts the steps each instance trains."""
+    def __init__(self):
+        super().__init__()
+        self.inner = tiny_task.model_init({{"hidden": 8, "dropout": 0.0}})
+        self.steps = 0
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            with open({log!r}, "a") as log:
+                log.write(f"{{id(self)}} {{self.steps}}\\n")
+            if self.steps == 40 and not os.path.exists({marker!r}):
+                open({marker!r}, "w").close()
+                raise RuntimeError("injected failure at step 40")
+        return self.inner(x)
+
+def task():
+    t = tiny_task.task()
+    t.model_init = lambda params: Flaky()
+    return t
+'''
+
+
+def test_a_failing_trial_resumes_from_its_checkpoint(tmp_path):
+    log, marker = tmp_path / "steps.log", tmp_path / "failed-once"
+    path = tmp_path / "flaky_task.py"
+    path.write_text(FLAKY_TASK.format(tests=str(TESTS), log=str(log), marker=str(marker)))
+    experiment = _experiment(
+        tmp_path, task=f"{path}:task", epochs=4, num_trials=1, max_failures=1, scheduler="none",
+        points_to_evaluate=[{"learning_rate": 0.01, "hidden": 8}],
+    )  # fmt: skip
+    result = search(experiment)
+    (trial,) = result.trials
+    assert marker.exists()
+    assert trial.status == "completed" and trial.evaluations == 4
+    # 15 steps an epoch: the failure at step 40 came after checkpoint-30; the retry trained the last 30 steps
+    runs: dict[str, int] = {}
+    for instance, step in (line.split() for line in log.read_text().splitlines()):
+        runs[instance] = int(step)
+    assert sorted(runs.values()) == [30, 40]
+
+
+def test_resources_no_node_can_hold(tmp_path):
+    with pytest.raises(ConfigError, match=r"asks for 1 CPU \+ 1 GPU per trial, but no node of the Ray cluster"):
+        search(_experiment(tmp_path), gpus_per_trial=1)

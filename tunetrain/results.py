@@ -1,0 +1,335 @@
+"""What a search leaves behind: `results.parquet` (a row per trial) and `history.parquet` (a row per report).
+
+Both search backends feed a `ResultsBook` from the driver process as trials report and finish; it rewrites the two
+files (atomically, on a local disk; as single objects, on a pyarrow filesystem) at most every few seconds and at
+the end, so a killed search leaves results that are at most that old, and a rerun picks them up again.
+`SearchResult` reads them back (`read_results`) and answers what a user asks of a search: the best trial, the
+top k, how many stopped early.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+RESULTS_NAME = "results.parquet"
+HISTORY_NAME = "history.parquet"
+STATUSES = ("running", "completed", "stopped_early", "pruned", "errored")
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a search: its params, how it ended, its best and last value of the search metric."""
+
+    trial_id: str
+    number: int
+    params: dict[str, Any]
+    status: str = "running"
+    best_metric: float | None = None
+    last_metric: float | None = None
+    evaluations: int = 0
+    best_step: int | None = None
+    best_checkpoint: str | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+
+    @property
+    def metric(self) -> float | None:
+        """The trial's objective: its best evaluation, not its last."""
+        return self.best_metric
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self.best_checkpoint
+
+
+@dataclass
+class SearchResult:
+    """The trials of a search, as `results.parquet` holds them; `best` is the best finished trial."""
+
+    experiment_dir: str
+    metric: str
+    mode: str
+    trials: list[TrialRecord]
+
+    @property
+    def best(self) -> TrialRecord | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials with a finite metric, best first; errored trials never rank."""
+        usable = [t for t in self.trials if t.status != "errored" and _finite(t.best_metric)]
+        return sorted(usable, key=lambda t: t.best_metric, reverse=self.mode == "max")
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(t.status == status for t in self.trials) for status in STATUSES}
+
+    def table(self, k: int = 5) -> str:
+        """The top-k trials as a plain-text table."""
+        top = self.ranked()[:k]
+        if not top:
+            return "no trial has reported a finite metric"
+        names = sorted({name for t in top for name in t.params})
+        header = ["trial", self.metric, "status", "evals", *names]
+        rows = [
+            [
+                t.trial_id,
+                _fmt(t.best_metric),
+                t.status,
+                str(t.evaluations),
+                *(_fmt(t.params.get(n, "-")) for n in names),
+            ]
+            for t in top
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+        return "\n".join(lines)
+
+    def summary_line(self, total: int | None = None) -> str:
+        counts = self.counts()
+        finished = len(self.trials) - counts["running"]
+        done = f"{finished}/{total}" if total else str(finished)
+        best = self.best
+        best_text = f"best {self.metric}={_fmt(best.best_metric)} ({best.trial_id})" if best else "no best yet"
+        return (
+            f"{done} done, {counts['running']} running, {counts['stopped_early'] + counts['pruned']} stopped early, "
+            f"{counts['errored']} errored; {best_text}"
+        )
+
+
+class ResultsBook:
+    """The driver's record of a search, written to `results.parquet` and `history.parquet` as it goes."""
+
+    def __init__(
+        self,
+        experiment_dir: str,
+        *,
+        metric: str,
+        mode: str,
+        filesystem: pyarrow.fs.FileSystem | None = None,
+        min_interval_s: float = 2.0,
+    ) -> None:
+        from pyarrow import fs
+
+        self.experiment_dir = experiment_dir
+        self.metric = metric
+        self.mode = mode
+        self.filesystem = filesystem or fs.LocalFileSystem()
+        self.min_interval_s = min_interval_s
+        self.trials: dict[str, TrialRecord] = {}
+        self.history: list[dict[str, Any]] = []
+        self._last_write = 0.0
+        self._dirty = False
+
+    # ------------------------------------------------------------------ recording
+
+    def start(self, trial_id: str, number: int, params: dict[str, Any]) -> TrialRecord:
+        record = self.trials.get(trial_id)
+        if record is None:
+            record = self.trials[trial_id] = TrialRecord(trial_id=trial_id, number=number, params=dict(params))
+        record.status = "running"  # a trial resumed after a restart runs again
+        record.ended_at = None
+        self._dirty = True
+        return record
+
+    def report(self, trial_id: str, metrics: dict[str, Any], *, checkpoint: str | None = None) -> None:
+        """One evaluation of a trial. `metrics` holds the search metric, `evaluation` and `step`."""
+        record = self.trials[trial_id]
+        value = _as_float(metrics.get(self.metric))
+        evaluation = int(metrics.get("evaluation", record.evaluations + 1))
+        # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest
+        self.history = [h for h in self.history if not (h["trial_id"] == trial_id and h["evaluation"] >= evaluation)]
+        self.history.append(
+            {
+                "trial_id": trial_id,
+                "evaluation": evaluation,
+                "step": int(metrics.get("step", 0)),
+                "epoch": _as_float(metrics.get("epoch")),
+                "metric": value,
+                "time_s": time.time() - record.started_at,
+                "metrics": json.dumps({k: v for k, v in metrics.items() if _is_scalar(v)}, default=str),
+            }
+        )
+        record.evaluations = evaluation
+        record.last_metric = value
+        if _finite(value) and (record.best_metric is None or self._better(value, record.best_metric)):
+            record.best_metric = value
+            record.best_step = int(metrics.get("step", 0))
+            if checkpoint is not None:
+                record.best_checkpoint = checkpoint
+        self._dirty = True
+        self.flush()
+
+    def finish(self, trial_id: str, status: str, *, error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        record = self.trials[trial_id]
+        record.status = status
+        record.error = error
+        record.ended_at = time.time()
+        self._dirty = True
+        self.flush(force=True)
+
+    def result(self) -> SearchResult:
+        return SearchResult(self.experiment_dir, self.metric, self.mode, list(self.trials.values()))
+
+    # ------------------------------------------------------------------ files
+
+    def load(self) -> None:
+        """Take up what an earlier run of this search wrote (trials left running stay 'running' until resumed)."""
+        existing = read_results(self.experiment_dir, filesystem=self.filesystem, missing_ok=True)
+        if existing is not None:
+            self.trials = {t.trial_id: t for t in existing.trials}
+        self.history = _read_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}") or []
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_write < self.min_interval_s):
+            return
+        import pyarrow as pa
+
+        results_schema, history_schema = _schemas()
+        rows = [_record_row(t) for t in sorted(self.trials.values(), key=lambda t: t.number)]
+        results = pa.Table.from_pylist(rows, schema=results_schema)
+        history = pa.Table.from_pylist(self.history, schema=history_schema)
+        metadata = {b"metric": self.metric.encode(), b"mode": self.mode.encode()}
+        _write_table(
+            self.filesystem, f"{self.experiment_dir}/{RESULTS_NAME}", results.replace_schema_metadata(metadata)
+        )
+        _write_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}", history)
+        self._last_write = now
+        self._dirty = False
+
+    def _better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
+
+
+def read_results(
+    experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None, missing_ok: bool = False
+) -> SearchResult | None:
+    """The `SearchResult` of an experiment directory (what its `results.parquet` holds)."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem = filesystem or fs.LocalFileSystem()
+    path = f"{experiment_dir}/{RESULTS_NAME}"
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        if missing_ok:
+            return None
+        raise ConfigError(f"experiment {str(experiment_dir)!r} has no {RESULTS_NAME}: no search has run there")
+    table = pq.read_table(path, filesystem=filesystem)
+    metadata = table.schema.metadata or {}
+    trials = [_row_record(row) for row in table.to_pylist()]
+    return SearchResult(
+        str(experiment_dir), metadata.get(b"metric", b"").decode(), metadata.get(b"mode", b"max").decode(), trials
+    )
+
+
+def read_history(experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None) -> list[dict]:
+    from pyarrow import fs
+
+    return _read_table(filesystem or fs.LocalFileSystem(), f"{experiment_dir}/{HISTORY_NAME}") or []
+
+
+# ---------------------------------------------------------------------- private helpers
+
+
+def _schemas() -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    results = pa.schema(
+        [
+            ("trial_id", pa.string()),
+            ("number", pa.int64()),
+            ("status", pa.string()),
+            ("params", pa.string()),  # JSON: conditional params differ from trial to trial
+            ("best_metric", pa.float64()),
+            ("last_metric", pa.float64()),
+            ("evaluations", pa.int64()),
+            ("best_step", pa.int64()),
+            ("best_checkpoint", pa.string()),
+            ("error", pa.string()),
+            ("started_at", pa.float64()),
+            ("ended_at", pa.float64()),
+        ]
+    )
+    history = pa.schema(
+        [
+            ("trial_id", pa.string()),
+            ("evaluation", pa.int64()),
+            ("step", pa.int64()),
+            ("epoch", pa.float64()),
+            ("metric", pa.float64()),
+            ("time_s", pa.float64()),
+            ("metrics", pa.string()),
+        ]
+    )
+    return results, history
+
+
+def _record_row(record: TrialRecord) -> dict[str, Any]:
+    row = asdict(record)
+    row["params"] = json.dumps(record.params, sort_keys=True, default=str)
+    return row
+
+
+def _row_record(row: dict[str, Any]) -> TrialRecord:
+    row = dict(row)
+    row["params"] = json.loads(row["params"] or "{}")
+    return TrialRecord(**row)
+
+
+def _write_table(filesystem: Any, path: str, table: Any) -> None:
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    if isinstance(filesystem, fs.LocalFileSystem):
+        # temp name + rename: a kill mid-write never leaves a truncated file behind
+        tmp = f"{path}.tmp"
+        pq.write_table(table, tmp)
+        Path(tmp).replace(path)
+    else:
+        pq.write_table(table, path, filesystem=filesystem)  # object stores replace an object whole
+
+
+def _read_table(filesystem: Any, path: str) -> list[dict[str, Any]] | None:
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return None
+    return pq.read_table(path, filesystem=filesystem).to_pylist()
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,648 @@
+"""`SearchConfig`: the `search:` section of an experiment file, checked, with its defaults filled in.
+
+```yaml
+search:
+  backend: ray                 # ray | optuna
+  metric: accuracy             # eval_ prefix added; default: train.metric_for_best_model, else loss
+  mode: max                    # max | min; default: train.greater_is_better, or from the metric's name
+  num_trials: 64
+  max_concurrent_trials: 4
+  time_budget_s: 3600          # null: no limit
+  sampler: tpe                 # tpe | random | gp | cmaes (needs `pip install cmaes`) | grid
+  seed: 0
+  scheduler: {type: asha, grace_period: 1, reduction_factor: 3}    # or `asha`, or `none`; in evaluations
+  resources_per_trial: {cpu: 1, gpu: 0.25}
+  storage: runs                # a local or shared directory, or a pyarrow.fs URI such as s3://bucket/runs
+  address: auto                # a Ray cluster: auto | ray://host:port | host:port; null: a local Ray
+  points_to_evaluate: [{learning_rate: 1.0e-3, optim: adamw}]    # known-good params, run first
+  max_failures: 2              # retries of a trial that raises, from its last checkpoint
+  keep_checkpoints_per_trial: 2
+```
+
+`SearchConfig.from_dict` is the way in from a file: every problem in the section, and every conflict with the search
+space or the `train:` section, is raised in one ConfigError, each naming its key path. The command line's flags are
+merged into the raw mapping first (`with_cli_overrides`), so one code path checks them too. Building a SearchConfig
+directly checks each value (but not the space or the TrainingArguments). Nothing here imports optuna, pyarrow, ray
+or torch until a sampler or a filesystem is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import numbers
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
+    from pyarrow.fs import FileSystem
+
+    from tunetrain.args import TrainingArguments
+    from tunetrain.space import SearchSpace
+
+BACKENDS = ("ray", "optuna")
+MODES = ("max", "min")
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid")
+SCHEDULERS = ("asha", "none")
+# Packages a sampler imports lazily that tunetrain does not depend on itself (Optuna would fail only mid-search).
+_SAMPLER_PACKAGES = {"gp": ("torch", "scipy"), "cmaes": ("cmaes",)}
+_MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes [0, 2**32 - 1]
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # `scheme://...`; anything else (C:\runs too) is a path
+_ADDRESS_RE = re.compile(r"^(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_INVALID = object()  # a value that failed its check (the problem is already appended)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """When to stop a trial early, counted in evaluations (each evaluation is one report to Ray Tune / Optuna).
+
+    `type`: asha (Ray's ASHAScheduler; Optuna's SuccessiveHalvingPruner on the optuna backend) or none.
+    `grace_period` (default 1): evaluations before a trial can be stopped. `reduction_factor` (default 3, >= 2): the
+    fraction 1/reduction_factor of trials that goes on at each rung. `max_t` (default: the run's budget in
+    evaluations, see `resolved_max_t`): the last rung; Ray's ASHA also ends every trial there.
+    """
+
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3
+    max_t: int | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        values = _scheduler_values(_fields_of(self), "search.scheduler", problems)
+        _raise_if(problems)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def resolved_max_t(self, budget_evaluations: int) -> int:
+        """`max_t`, or when it is not set the run's budget in evaluations (which the caller computes)."""
+        if self.max_t is not None:
+            return self.max_t
+        if budget_evaluations < 1:
+            raise ConfigError(
+                "`search.scheduler` is asha, which stops trials between evaluations, but a run has no evaluation"
+            )
+        if self.grace_period > budget_evaluations:
+            raise ConfigError(
+                f"`search.scheduler.grace_period` is {self.grace_period}, but a run has only {budget_evaluations} "
+                "evaluations (max_t defaults to that): lower it, or evaluate more often"
+            )
+        return budget_evaluations
+
+    def to_dict(self) -> str | dict[str, Any]:
+        """`none`, or the full mapping, as `SearchConfig.from_dict` reads it back."""
+        if self.type == "none":
+            return "none"
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What one trial reserves on a Ray node: `cpu` (> 0, default 1) and `gpu` (>= 0, default 0).
+
+    A gpu below 1 shares a GPU between trials (0.25: four per GPU); above 1 it must be a whole number.
+    """
+
+    cpu: float = 1
+    gpu: float = 0
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        values = _resources_values(_fields_of(self), "search.resources_per_trial", problems)
+        _raise_if(problems)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """The checked `search:` section; build it with `SearchConfig.from_dict(raw, space=..., args=...)`.
+
+    Allowed values and defaults:
+    - `backend`: ray (default) | optuna (an in-process study).
+    - `metric`: the full metric key (`accuracy` becomes `eval_accuracy`). `mode`: max | min. From a file both are
+      always set: by default the TrainingArguments' `objective_metric` and `greater_is_better`; a metric given
+      without a mode is minimized when its name ends with `loss`, else maximized. Built directly without a metric,
+      both stay None until `objective(args)` resolves them.
+    - `num_trials` (>= 1, default 16), `max_concurrent_trials` (>= 1, default 2), `time_budget_s` (> 0, or None
+      for no limit).
+    - `sampler`: tpe (default) | random | gp | cmaes | grid; see `make_sampler`. A grid needs a finite space without
+      `when:`; `num_trials` is not capped at the grid size here: Optuna's study stops once the grid is exhausted,
+      but under ask-and-tell (Ray) further trials repeat grid points, so the Ray backend should cap it.
+    - `seed` (in [0, 2**32 - 1], default 0): the sampler's seed.
+    - `scheduler`: a `SchedulerConfig`; in a file `asha`, `none` (also `no` / false), null (asha) or a mapping.
+    - `resources_per_trial`: a `Resources` (Ray only: the optuna backend runs trials in this process).
+    - `storage` (default `runs`): a directory, or a URI with a scheme (s3://, gs://, file://, hdfs://...). Only its
+      form is checked here; `resolve_storage` opens it.
+    - `address`: a Ray cluster (auto | ray://host:port | host:port), or None for a local Ray. Ray only.
+    - `points_to_evaluate`: params dicts (partial ones allowed: the rest is sampled), each checked against the space.
+    - `max_failures` (>= 0, default 2): retries of a trial that raises. `keep_checkpoints_per_trial` (>= 1,
+      default 2: the best and the latest).
+    """
+
+    backend: str = "ray"
+    metric: str | None = None
+    mode: str | None = None
+    num_trials: int = 16
+    max_concurrent_trials: int = 2
+    time_budget_s: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    resources_per_trial: Resources = field(default_factory=Resources)
+    storage: str = "runs"
+    address: str | None = None
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list, hash=False)
+    max_failures: int = 2
+    keep_checkpoints_per_trial: int = 2
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        values = _search_values(_fields_of(self), "search", problems)
+        _raise_if(problems)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(
+        cls, raw: Mapping[str, Any] | None, *, space: SearchSpace, args: TrainingArguments, where: str = "search"
+    ) -> SearchConfig:
+        """Check the raw `search:` mapping (None or {} takes every default) against the space and the run's args.
+
+        Besides each value's own rule: the grid sampler needs a finite space without conditions; every point of
+        `points_to_evaluate` must fit the space, and there must be no more of them than trials; a search needs
+        evaluations (`train.eval_strategy` not `no`); a GPU cannot go with `train.use_cpu`; `address` needs the ray
+        backend. A metric or mode set here wins over `train.metric_for_best_model` / `greater_is_better` inside the
+        trials (a trial's objective is its best evaluation, so the backends judge "best" by the search's metric).
+        """
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"`{where}` is {_show(raw)}, but must be a mapping with keys {', '.join(_FIELDS)}")
+        problems = [f"`{where}.{key}` is not a search key{_suggest(key, _FIELDS)}" for key in raw if key not in _FIELDS]
+        values = _search_values({key: raw[key] for key in _FIELDS if key in raw}, where, problems)
+        settings = {**_fields_of(SearchConfig()), **values}
+        settings["points_to_evaluate"] = _checked_points(settings["points_to_evaluate"], space, where, problems)
+        problems += _conflicts(settings, space, args, where)
+        _raise_if(problems)
+        metric, mode = _objective(settings["metric"], settings["mode"], args)
+        return cls(**{**settings, "metric": metric, "mode": mode})
+
+    def objective(self, args: TrainingArguments) -> tuple[str, str]:
+        """`(metric, mode)`: this config's, or where it has none the TrainingArguments' (as `from_dict` fills in)."""
+        return _objective(self.metric, self.mode, args)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML values; `SearchConfig.from_dict(config.to_dict(), ...)` gives back an equal config."""
+        out = _fields_of(self)
+        out["scheduler"] = self.scheduler.to_dict()
+        out["resources_per_trial"] = self.resources_per_trial.to_dict()
+        out["points_to_evaluate"] = [dict(point) for point in self.points_to_evaluate]
+        return out
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SearchConfig))
+_SCHEDULER_FIELDS = tuple(f.name for f in dataclasses.fields(SchedulerConfig))
+_RESOURCE_FIELDS = ("cpu", "gpu")
+
+
+def with_cli_overrides(
+    raw: Any,
+    *,
+    backend: str | None = None,
+    num_trials: int | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    gpus_per_trial: float | None = None,
+) -> Any:
+    """A copy of the raw `search:` mapping with the `tunetrain search` flags set (None leaves a key as it is).
+
+    The flags are not checked here: pass the result to `SearchConfig.from_dict`, whose messages name the keys
+    (`--num-trials 0` reads "`search.num_trials` is 0, ..."). `gpus_per_trial` sets `resources_per_trial.gpu`. A raw
+    value that is not a mapping comes back as it is, for `from_dict` to report.
+    """
+    if raw is not None and not isinstance(raw, Mapping):
+        return raw
+    merged = dict(raw or {})
+    flags = {"backend": backend, "num_trials": num_trials, "address": address, "storage": storage}
+    merged.update({key: value for key, value in flags.items() if value is not None})
+    if gpus_per_trial is not None:
+        resources = merged.get("resources_per_trial")
+        if resources is None or isinstance(resources, Mapping):
+            merged["resources_per_trial"] = {**(resources or {}), "gpu": gpus_per_trial}
+    return merged
+
+
+def resolve_storage(storage: str) -> tuple[FileSystem, str]:
+    """The pyarrow filesystem and the path inside it that `storage` names (imports pyarrow).
+
+    A URI (`scheme://...`) goes through `pyarrow.fs.FileSystem.from_uri` (which may reach the network, e.g. to find an
+    S3 bucket's region); anything else is a local path, made absolute against the current directory.
+    """
+    from pyarrow import ArrowException, fs
+
+    if not _URI_RE.match(storage):
+        return fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(storage))
+    try:
+        return fs.FileSystem.from_uri(storage)
+    except (ArrowException, OSError, ValueError) as exc:
+        # note: pyarrow's reasons can run over many lines (hdfs lists every libjvm path it tried); the first says it
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"`search.storage` is {storage!r}, but pyarrow cannot open it: {reason}") from None
+
+
+def make_sampler(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    """The Optuna sampler `config.sampler` names, seeded with `config.seed` (imports optuna).
+
+    - tpe: `TPESampler(multivariate=True)`, with `group=True` when the space has `when:` params (multivariate TPE
+      over each set of params that appear together) and `constant_liar` when trials run concurrently (running
+      trials count as bad, so concurrent trials spread out).
+    - random: `RandomSampler`. gp: `GPSampler` (torch, scipy; samples `when:` params at random). cmaes:
+      `CmaEsSampler` (the `cmaes` package; samples categorical and `when:` params at random, with a warning).
+    - grid: a `GridSampler` over `space.grid()` that only stops the study inside `study.optimize`: Optuna's own
+      raises RuntimeError from `study.tell` once the grid is exhausted under ask-and-tell, as Ray's OptunaSearch
+      drives it.
+    """
+    import optuna
+
+    with warnings.catch_warnings():
+        # `group` is an experimental argument in Optuna 5.0 and warns at every construction
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if config.sampler == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=config.seed,
+                multivariate=True,
+                group=_has_conditions(space),
+                constant_liar=config.max_concurrent_trials > 1,
+            )
+        if config.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=config.seed)
+        if config.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=config.seed)
+        if config.sampler == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=config.seed)
+    problem = _grid_problem(space, "search")
+    if problem is not None:
+        raise ConfigError(problem)
+    return _grid_sampler_class()(space.grid(), seed=config.seed)
+
+
+# --- checking values --------------------------------------------------------------------------------------------
+
+
+def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    """Each value of `raw` (keys of SearchConfig) checked and normalized; `_INVALID` for those that fail."""
+    parsers = {
+        "backend": lambda value, path: _choice(value, path, problems, BACKENDS),
+        "metric": lambda value, path: _metric(value, path, problems),
+        "mode": lambda value, path: None if value is None else _choice(value, path, problems, MODES),
+        "num_trials": lambda value, path: _integer(value, path, problems, minimum=1),
+        "max_concurrent_trials": lambda value, path: _integer(value, path, problems, minimum=1),
+        "time_budget_s": lambda value, path: _time_budget(value, path, problems),
+        "sampler": lambda value, path: _sampler(value, path, problems),
+        "seed": lambda value, path: _integer(value, path, problems, minimum=0, maximum=_MAX_SEED),
+        "scheduler": lambda value, path: _scheduler(value, path, problems),
+        "resources_per_trial": lambda value, path: _resources(value, path, problems),
+        "storage": lambda value, path: _storage(value, path, problems),
+        "address": lambda value, path: _address(value, path, problems),
+        "points_to_evaluate": lambda value, path: _points(value, path, problems),
+        "max_failures": lambda value, path: _integer(value, path, problems, minimum=0),
+        "keep_checkpoints_per_trial": lambda value, path: _integer(value, path, problems, minimum=1),
+    }
+    values = {key: parsers[key](value, f"{where}.{key}") for key, value in raw.items()}
+    if values.get("mode") is None and values.get("metric") not in (None, _INVALID):
+        values["mode"] = _mode_for_metric(values["metric"])
+    return values
+
+
+def _scheduler_values(raw: Mapping[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
+    count_before = len(problems)
+    values = {
+        "type": _scheduler_type(raw.get("type"), f"{path}.type", problems),
+        "grace_period": _integer(raw.get("grace_period", 1), f"{path}.grace_period", problems, minimum=1),
+        "reduction_factor": _number(raw.get("reduction_factor", 3), f"{path}.reduction_factor", problems, minimum=2),
+        "max_t": None if raw.get("max_t") is None else _integer(raw["max_t"], f"{path}.max_t", problems, minimum=1),
+    }
+    if len(problems) > count_before:
+        return values
+    if values["type"] == "none":
+        problems += [
+            f"`{path}.{key}` applies only to the asha scheduler, but type is none"
+            for key, default in (("grace_period", 1), ("reduction_factor", 3), ("max_t", None))
+            if values[key] != default
+        ]
+    elif values["max_t"] is not None and values["grace_period"] > values["max_t"]:
+        problems.append(f"`{path}.grace_period` is {values['grace_period']}, but must be <= max_t ({values['max_t']})")
+    return values
+
+
+def _resources_values(raw: Mapping[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
+    cpu = _number(raw.get("cpu", 1), f"{path}.cpu", problems, minimum=0, exclusive=True)
+    gpu = _number(raw.get("gpu", 0), f"{path}.gpu", problems, minimum=0)
+    if gpu is not _INVALID and gpu > 1 and not float(gpu).is_integer():
+        problems.append(
+            f"`{path}.gpu` is {gpu}, but must be a fraction in (0, 1] (trials share a GPU) or a whole number"
+        )
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def _scheduler(value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, SchedulerConfig):
+        return value
+    if value is None or value is False or isinstance(value, str):
+        kind = _scheduler_type(value, path, problems)
+        return _INVALID if kind is _INVALID else SchedulerConfig(type=kind)
+    if not isinstance(value, Mapping):
+        problems.append(
+            f"`{path}` is {_show(value)}, but must be asha, none, or a mapping such as "
+            "{type: asha, grace_period: 1, reduction_factor: 3}"
+        )
+        return _INVALID
+    return _nested(value, path, problems, _SCHEDULER_FIELDS, "scheduler", _scheduler_values, SchedulerConfig)
+
+
+def _resources(value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, Resources):
+        return value
+    if value is None:
+        return Resources()
+    if not isinstance(value, Mapping):
+        problems.append(f"`{path}` is {_show(value)}, but must be a mapping such as {{cpu: 1, gpu: 0.5}}")
+        return _INVALID
+    return _nested(value, path, problems, _RESOURCE_FIELDS, "resource", _resources_values, Resources)
+
+
+def _nested(
+    value: Mapping[Any, Any],
+    path: str,
+    problems: list[str],
+    keys: tuple[str, ...],
+    noun: str,
+    parse: Callable[[Mapping[str, Any], str, list[str]], dict[str, Any]],
+    cls: type,
+) -> Any:
+    """A nested mapping checked key by key, then built (its constructor's own check cannot fail by then)."""
+    count_before = len(problems)
+    problems += [f"`{path}.{key}` is not a {noun} key{_suggest(key, keys)}" for key in value if key not in keys]
+    values = parse(value, path, problems)
+    return _INVALID if len(problems) > count_before else cls(**values)
+
+
+def _scheduler_type(value: Any, path: str, problems: list[str]) -> Any:
+    if value is None:
+        return "asha"
+    if value is False:  # YAML 1.1 reads a bare `no` (and `false`, `off`) as false
+        return "none"
+    return _choice(value, path, problems, SCHEDULERS)
+
+
+def _sampler(value: Any, path: str, problems: list[str]) -> Any:
+    sampler = _choice(value, path, problems, SAMPLERS)
+    for package in _SAMPLER_PACKAGES.get(sampler, ()):
+        if importlib.util.find_spec(package) is None:
+            problems.append(f"`{path}` is {sampler!r}, which needs the `{package}` package: pip install {package}")
+            return _INVALID
+    return sampler
+
+
+def _metric(value: Any, path: str, problems: list[str]) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"`{path}` is {_show(value)}, but must name an evaluation metric such as accuracy")
+        return _INVALID
+    return value if value.startswith("eval_") else f"eval_{value}"
+
+
+def _time_budget(value: Any, path: str, problems: list[str]) -> Any:
+    if value is None:
+        return None
+    return _number(value, path, problems, minimum=0, exclusive=True, rule="must be > 0 (seconds), or null")
+
+
+def _storage(value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"`{path}` is {_show(value)}, but must be a directory or a URI such as s3://bucket/runs")
+        return _INVALID
+    return value
+
+
+def _address(value: Any, path: str, problems: list[str]) -> Any:
+    if value is None or value == "auto":
+        return value
+    match = _ADDRESS_RE.match(value) if isinstance(value, str) else None
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        problems.append(f"`{path}` is {_show(value)}, but must be auto, ray://host:port or host:port (a Ray cluster)")
+        return _INVALID
+    return value
+
+
+def _points(value: Any, path: str, problems: list[str]) -> Any:
+    """The list's form only (a list of mappings); the values are checked against the space in `from_dict`."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        problems.append(f"`{path}` is {_show(value)}, but must be a list of params mappings")
+        return _INVALID
+    count_before = len(problems)
+    for index, point in enumerate(value):
+        if not isinstance(point, Mapping):
+            problems.append(f"`{path}[{index}]` is {_show(point)}, but must be a mapping of param name -> value")
+    return _INVALID if len(problems) > count_before else [dict(point) for point in value]
+
+
+def _choice(value: Any, path: str, problems: list[str], choices: tuple[str, ...]) -> Any:
+    if isinstance(value, str) and value in choices:
+        return value
+    problems.append(f"`{path}` is {_show(value)}, but must be one of {' | '.join(choices)}{_suggest(value, choices)}")
+    return _INVALID
+
+
+def _integer(value: Any, path: str, problems: list[str], *, minimum: int, maximum: int | None = None) -> Any:
+    number = _whole_number(value)
+    if number is None:
+        problems.append(f"`{path}` is {_show(value)}, but must be an integer")
+    elif number < minimum:
+        problems.append(f"`{path}` is {_show(value)}, but must be >= {minimum}")
+    elif maximum is not None and number > maximum:
+        problems.append(f"`{path}` is {_show(value)}, but must be <= {maximum}")
+    else:
+        return number
+    return _INVALID
+
+
+def _number(
+    value: Any, path: str, problems: list[str], *, minimum: float, exclusive: bool = False, rule: str | None = None
+) -> Any:
+    """An int stays an int, a float (or a numeric string: YAML 1.1 reads `1e3` as one) becomes a float."""
+    number = _real_number(value)
+    if number is None:
+        problems.append(f"`{path}` is {_show(value)}, but must be a number")
+    elif not math.isfinite(number):
+        problems.append(f"`{path}` is {_show(value)}, but must be a finite number")
+    elif number < minimum or (exclusive and number == minimum):
+        rule = rule or f"must be {'>' if exclusive else '>='} {minimum}"
+        problems.append(f"`{path}` is {_show(value)}, but {rule}")
+    else:
+        return number
+    return _INVALID
+
+
+def _whole_number(value: Any) -> int | None:
+    if isinstance(value, bool):  # True is not 1 here
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _real_number(value: Any) -> int | float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+# --- checks against the space and the run -----------------------------------------------------------------------
+
+
+def _checked_points(points: Any, space: SearchSpace, where: str, problems: list[str]) -> Any:
+    if points is _INVALID:
+        return points
+    checked = []
+    for index, point in enumerate(points):
+        try:
+            checked.append(space.validate(point, where=f"{where}.points_to_evaluate[{index}]"))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return checked if len(checked) == len(points) else _INVALID
+
+
+def _conflicts(settings: Mapping[str, Any], space: SearchSpace, args: TrainingArguments, where: str) -> list[str]:
+    """What the section gets wrong with the space or the run; a value that failed its own check is not used."""
+    valid = {key: value for key, value in settings.items() if value is not _INVALID}
+    problems = []
+    if valid.get("sampler") == "grid" and (problem := _grid_problem(space, where)) is not None:
+        problems.append(problem)
+    points, num_trials = valid.get("points_to_evaluate"), valid.get("num_trials")
+    if points is not None and num_trials is not None and len(points) > num_trials:
+        problems.append(
+            f"`{where}.points_to_evaluate` has {len(points)} points, but num_trials is {num_trials} (a trial each)"
+        )
+    if valid.get("address") is not None and valid.get("backend") == "optuna":
+        problems.append(f"`{where}.address` names a Ray cluster, but the backend is optuna (in-process): drop one")
+    resources = valid.get("resources_per_trial")
+    if resources is not None and resources.gpu > 0 and args.use_cpu and "use_cpu" not in space:
+        problems.append(f"`{where}.resources_per_trial.gpu` is {resources.gpu}, but `train.use_cpu` is true")
+    if args.eval_strategy == "no" and "eval_strategy" not in space:
+        problems.append(
+            f"`{where}` judges trials by their evaluations, but `train.eval_strategy` is 'no': set it to epoch or steps"
+        )
+    return problems
+
+
+def _objective(metric: str | None, mode: str | None, args: TrainingArguments) -> tuple[str, str]:
+    if metric is not None:
+        return metric, mode or _mode_for_metric(metric)
+    return args.objective_metric, mode or ("max" if args.greater_is_better else "min")
+
+
+def _mode_for_metric(metric: str) -> str:
+    return "min" if metric.endswith("loss") else "max"
+
+
+def _grid_problem(space: SearchSpace, where: str) -> str | None:
+    try:
+        space.grid()
+    except ConfigError as exc:
+        return f"`{where}.sampler` is 'grid', which cannot search this space: {exc}"
+    return None
+
+
+def _has_conditions(space: SearchSpace) -> bool:
+    return any(space[name].when is not None for name in space)
+
+
+def _make_grid_sampler_class() -> type:
+    from optuna.samplers import GridSampler
+
+    class _AskAndTellGridSampler(GridSampler):
+        """GridSampler that stops the study only inside `study.optimize`."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            # GridSampler.after_trial does nothing but `study.stop()` once the grid is exhausted, and Study.stop
+            # raises outside study.optimize (a private flag; if Optuna drops it, the stock behaviour comes back)
+            if getattr(getattr(study, "_thread_local", None), "in_optimize_loop", True):
+                super().after_trial(study, trial, state, values)
+
+    _AskAndTellGridSampler.__module__ = __name__
+    _AskAndTellGridSampler.__qualname__ = "_AskAndTellGridSampler"
+    return _AskAndTellGridSampler
+
+
+def _grid_sampler_class() -> type:
+    # Built on first use (optuna is imported lazily) and kept as a module attribute, so that pickle (Ray checkpoints
+    # its searcher) finds it by name, in another process too (through the module's __getattr__).
+    if "_AskAndTellGridSampler" not in globals():
+        globals()["_AskAndTellGridSampler"] = _make_grid_sampler_class()
+    return globals()["_AskAndTellGridSampler"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_AskAndTellGridSampler":
+        return _grid_sampler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- messages ---------------------------------------------------------------------------------------------------
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _suggest(word: Any, candidates: tuple[str, ...]) -> str:
+    """`did_you_mean`, also for a key in the wrong case (`GPU`) or cut short (`grace` is only `grace_period`)."""
+    if not isinstance(word, str):
+        return ""
+    word = word.lower()
+    starting = [candidate for candidate in candidates if word and candidate.startswith(word)]
+    return did_you_mean(starting[0] if len(starting) == 1 else word, candidates)
+
+
+def _show(value: Any) -> str:
+    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None or type(value) in (str, int, float, bool):
+        return text
+    return f"{text} ({type(value).__name__})"

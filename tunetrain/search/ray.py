@@ -1,0 +1,474 @@
+"""The Ray Tune backend: `train()` as a function trainable, Optuna's samplers through OptunaSearch, ASHA.
+
+- Each evaluation of a trial is one `ray.tune.report(metrics, checkpoint=...)` with the checkpoint saved at that
+  evaluation, so ASHA's rungs count evaluations, and a trial that Ray restarts (FailureConfig) or restores
+  resumes from `ray.tune.get_checkpoint()` through the loop's exact resume.
+- Actors are reused between trials and a worker process loads the task (its data) once.
+- ASHA-stopped trials reach Optuna as PRUNED (Ray's OptunaSearch would tell them COMPLETE with their
+  low-fidelity value, which misleads TPE); errored trials as FAIL.
+- The driver keeps `results.parquet` / `history.parquet` and prints progress; Ray's own output is silenced.
+- A local Ray starts by itself on 127.0.0.1; `address` joins a cluster, whose nodes must all see the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.errors import ConfigError
+from tunetrain.reporting import Reporter
+
+if TYPE_CHECKING:
+    from tunetrain.experiment import Experiment
+    from tunetrain.results import SearchResult
+    from tunetrain.search.common import ExperimentDir
+    from tunetrain.search.config import SearchConfig
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE = "objective"  # the trial's best value of the search metric so far: what ASHA and Optuna compare
+# Trials ASHA stopped before their budget, shared by the scheduler, the searcher and the bookkeeping callback
+# (all three live in the driver process; a module global survives Ray pickling them into its experiment state).
+_STOPPED_EARLY: set[str] = set()
+# The task of each worker process, loaded once: a reused actor trains many trials on the same data.
+_TASKS: dict[str, Any] = {}
+
+_QUIET_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV / JSON / TensorBoard loggers of Ray's own: we keep ours
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass(frozen=True)
+class _TrialSpec:
+    """What a trial needs besides its params; shipped to workers once through `tune.with_parameters`."""
+
+    experiment: Experiment
+    metric: str
+    mode: str
+    tensorboard_dir: str | None
+    cpus: float
+
+
+def run(
+    experiment: Experiment,
+    config: SearchConfig,
+    exp_dir: ExperimentDir,
+    *,
+    resume: bool,
+    max_t: int | None,
+) -> SearchResult:
+    """Run (or, with `resume`, continue) the search on Ray; returns what results.parquet holds at the end."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    started_here = _init_ray(config)
+    try:
+        from ray import tune
+
+        from tunetrain.results import read_results
+
+        _check_resources(config)
+        if config.address:
+            _check_storage_on_every_node(exp_dir)
+        _STOPPED_EARLY.clear()
+        trainable = _trainable_for(experiment, config, exp_dir)
+        if resume:
+            fs = None if exp_dir.is_local else exp_dir.filesystem
+            tuner = tune.Tuner.restore(exp_dir.uri, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=_tune_config(experiment, config, max_t),
+                run_config=_run_config(experiment, config, exp_dir),
+            )
+        tuner.fit()
+        return read_results(exp_dir.path, filesystem=exp_dir.filesystem)
+    finally:
+        if started_here:
+            import ray
+
+            ray.shutdown()
+
+
+def _init_ray(config: SearchConfig) -> bool:
+    """Connect to `address`, or start a local Ray on 127.0.0.1; False when Ray was already up in this process."""
+    if not config.address:
+        # read by Ray when it is imported: a single-node Ray then advertises 127.0.0.1, not the machine's address
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if config.address:
+        _probe_address(config.address)
+        try:
+            ray.init(address=config.address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = f"`search.address` is {config.address!r}, but no Ray cluster answers there: {reason}"
+            raise ConfigError(message) from None
+        return True
+    ray.init(_node_ip_address="127.0.0.1", **common)
+    return True
+
+
+def _probe_address(address: str) -> None:
+    """Fail in seconds when no cluster is there (ray.init would retry for minutes)."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    where = f"`search.address` is {address!r}"
+    if address.startswith("ray://"):
+        host, _, port = address[len("ray://") :].partition(":")
+        port = port or "10001"
+    else:
+        try:
+            host, _, port = canonicalize_bootstrap_address_or_die(address).rpartition(":")
+        except (ConnectionError, ValueError) as exc:
+            raise ConfigError(f"{where}, but no running Ray cluster was found: {exc}") from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}, but nothing answers at {host}:{port}: {exc}") from None
+
+
+def _check_resources(config: SearchConfig) -> None:
+    """Fail now, not after waiting forever, when no node can ever hold one trial."""
+    import ray
+
+    cpu, gpu = config.resources_per_trial.cpu, config.resources_per_trial.gpu
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes) or "no live node"
+    raise ConfigError(
+        f"`search.resources_per_trial` asks for {cpu:g} CPU + {gpu:g} GPU per trial, but no node of the Ray "
+        f"cluster has that much ({have})"
+    )
+
+
+def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
+    """A marker the driver writes must be readable from every node, or trials could not save or resume."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = f"{exp_dir.path}/.storage-check-{uuid.uuid4().hex}"
+    exp_dir.filesystem.create_dir(exp_dir.path, recursive=True)
+    with exp_dir.filesystem.open_output_stream(marker) as stream:
+        stream.write(b"tunetrain")
+    try:
+        check = ray.remote(num_cpus=0)(_can_read)
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        futures = {
+            node["NodeManagerAddress"]: check.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(exp_dir.uri, marker)
+            for node in nodes
+        }
+        blind = [address for address, future in futures.items() if not ray.get(future, timeout=60)]
+    finally:
+        exp_dir.filesystem.delete_file(marker)
+    if blind:
+        raise ConfigError(
+            f"`search.storage` {exp_dir.uri!r} is not reachable from Ray node(s) {', '.join(blind)}: use a directory "
+            "shared by every node (e.g. NFS) or a URI such as s3://bucket/path"
+        )
+
+
+def _can_read(uri: str, marker: str) -> bool:
+    from pyarrow import fs
+
+    try:
+        if "://" in uri:
+            filesystem, _ = fs.FileSystem.from_uri(uri)
+        else:
+            filesystem = fs.LocalFileSystem()
+        return filesystem.get_file_info(marker).type == fs.FileType.File
+    except Exception:  # any failure to reach the storage is the answer "no"
+        return False
+
+
+def _trainable_for(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
+    from ray import tune
+
+    spec = _TrialSpec(
+        experiment=experiment,
+        metric=config.metric,
+        mode=config.mode,
+        tensorboard_dir=f"{exp_dir.path}/tensorboard" if exp_dir.is_local else None,
+        cpus=config.resources_per_trial.cpu,
+    )
+    resources = {"cpu": config.resources_per_trial.cpu, "gpu": config.resources_per_trial.gpu}
+    return tune.with_resources(tune.with_parameters(_run_trial, spec=spec), resources)
+
+
+def _tune_config(experiment: Experiment, config: SearchConfig, max_t: int | None) -> Any:
+    from ray import tune
+
+    from tunetrain.search.config import make_sampler
+
+    searcher = _PrunedAwareOptunaSearch(
+        space=experiment.space.define_by_run,
+        metric=OBJECTIVE,
+        mode=config.mode,
+        sampler=make_sampler(config, experiment.space),
+        points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
+    )
+    scheduler = None
+    if config.scheduler.type == "asha":
+        scheduler = _EarlyStopRecordingASHA(
+            time_attr="training_iteration",
+            metric=OBJECTIVE,
+            mode=config.mode,
+            max_t=max_t,
+            grace_period=config.scheduler.grace_period,
+            reduction_factor=config.scheduler.reduction_factor,
+        )
+    return tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=_num_samples(experiment, config),
+        max_concurrent_trials=config.max_concurrent_trials,
+        time_budget_s=config.time_budget_s,
+        reuse_actors=True,
+        trial_dirname_creator=_trial_dirname,
+    )
+
+
+def _num_samples(experiment: Experiment, config: SearchConfig) -> int:
+    """num_trials, but never more than a grid sampler has points (Optuna would repeat them)."""
+    if config.sampler != "grid":
+        return config.num_trials
+    size = 1
+    for values in experiment.space.grid().values():
+        size *= len(values)
+    return min(config.num_trials, size)
+
+
+def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
+    from ray import tune
+
+    base = exp_dir.path.rsplit("/", 1)[0]
+    storage_path = base if exp_dir.is_local else f"{exp_dir.uri.rsplit('/', 1)[0]}"
+    return tune.RunConfig(
+        name=experiment.name,
+        storage_path=storage_path,
+        storage_filesystem=None if exp_dir.is_local else exp_dir.filesystem,
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=config.max_failures),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=config.keep_checkpoints_per_trial,
+            checkpoint_score_attribute=config.metric,
+            checkpoint_score_order=config.mode,
+        ),
+        callbacks=[
+            _Bookkeeper(
+                storage=config.storage,
+                exp_path=exp_dir.path,
+                metric=config.metric,
+                mode=config.mode,
+                total=config.num_trials,
+            )
+        ],
+    )
+
+
+# ---------------------------------------------------------------------- inside a trial (a Ray worker)
+
+
+def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
+    """One trial: `Trainer.train` with the sampled params, resumed from Ray's checkpoint when there is one."""
+    import torch
+    from ray import tune
+
+    from tunetrain.loop import Trainer
+    from tunetrain.search.common import trial_arguments
+    from tunetrain.task import load_task
+
+    torch.set_num_threads(max(1, int(spec.cpus)))
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    experiment = spec.experiment
+    if experiment.task not in _TASKS:
+        _TASKS[experiment.task] = load_task(experiment.task)
+    logging_dir = f"{spec.tensorboard_dir}/{trial_id}" if spec.tensorboard_dir else None
+    # the trial's own output dir is scratch space outside Ray's trial dir (which Ray syncs to the storage): a
+    # checkpoint lives there only until tune.report has persisted Ray's copy, the one a restart resumes from
+    scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
+    args = trial_arguments(experiment, str(scratch), logging_dir=logging_dir)
+    args = args.replace(metric_for_best_model=spec.metric, greater_is_better=spec.mode == "max")
+    trainer = Trainer(_TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.metric)])
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is None:
+            trainer.train(trial=params)
+            return
+        with checkpoint.as_directory() as path:
+            trainer.train(trial=params, resume_from_checkpoint=path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _TuneReporter(Reporter):
+    """Every evaluation becomes one `tune.report`, carrying the checkpoint saved at that evaluation."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_evaluate(self, metrics, state, control, checkpoint) -> None:
+        from ray import tune
+
+        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        value = metrics[self.metric]
+        report.update(
+            evaluation=state.num_evaluations,
+            step=state.global_step,
+            epoch=state.epoch,
+            **{OBJECTIVE: state.best_metric if state.best_metric is not None else value},
+        )
+        if checkpoint is None:
+            tune.report(report)
+            return
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+        # Ray has persisted its own copy in the experiment's storage: the trial's copy is no longer needed
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- in the driver
+
+
+def _scheduler_base() -> type:
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler
+
+
+def _searcher_base() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch
+
+
+class _EarlyStopRecordingASHA(_scheduler_base()):  # type: ignore[misc]
+    """ASHA that records which trials it stopped before their budget (max_t)."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and result.get("training_iteration", 0) < self._max_t:
+            _STOPPED_EARLY.add(trial.trial_id)
+        return decision
+
+
+class _PrunedAwareOptunaSearch(_searcher_base()):  # type: ignore[misc]
+    """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in _STOPPED_EARLY and not error:
+            # no value with state unset: OptunaSearch tells the trial PRUNED (its intermediate values stay)
+            super().on_trial_complete(trial_id, result=None, error=False)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _callback_base() -> type:
+    from ray.tune import Callback
+
+    return Callback
+
+
+class _Bookkeeper(_callback_base()):  # type: ignore[misc]
+    """Keeps results.parquet / history.parquet and prints progress, from the driver's view of the trials."""
+
+    def __init__(self, *, storage: str, exp_path: str, metric: str, mode: str, total: int) -> None:
+        self.storage = storage
+        self.exp_path = exp_path
+        self.metric = metric
+        self.mode = mode
+        self.total = total
+        self._book = None
+        self._progress = None
+        self._checkpoints: dict[str, list[tuple[float, str]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into its experiment state: no open files
+        state = dict(self.__dict__)
+        state.update(_book=None, _progress=None, _checkpoints={})
+        return state
+
+    def setup(self, **info: Any) -> None:
+        from tunetrain.results import ResultsBook
+        from tunetrain.search.common import Progress
+        from tunetrain.search.config import resolve_storage
+
+        filesystem, _ = resolve_storage(self.storage)
+        self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=filesystem)
+        self._book.load()
+        self._progress = Progress(self._book, self.total)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        number = self._book.trials[trial.trial_id].number if trial.trial_id in self._book.trials else None
+        self._book.start(trial.trial_id, len(self._book.trials) if number is None else number, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if trial.trial_id not in self._book.trials:
+            self.on_trial_start(iteration, trials, trial)
+        metrics = {k: v for k, v in result.items() if k in (self.metric, "evaluation", "step", "epoch")}
+        metrics.update({k: v for k, v in result.items() if k.startswith("eval_")})
+        self._book.report(trial.trial_id, metrics)
+        self._maybe_best_checkpoint(trial)
+        self._progress.update()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        value = (trial.last_result or {}).get(self.metric)
+        if value is not None:
+            self._checkpoints.setdefault(trial.trial_id, []).append((float(value), checkpoint.path))
+            self._maybe_best_checkpoint(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        status = "stopped_early" if trial.trial_id in _STOPPED_EARLY else "completed"
+        self._finish(trial, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        message = str(error).strip().splitlines()[-1] if error else "the trial failed"
+        self._finish(trial, "errored", message)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._book.flush(force=True)
+        self._progress.final(self._book.result())
+
+    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+        if trial.trial_id not in self._book.trials:
+            self.on_trial_start(0, [], trial)
+        self._maybe_best_checkpoint(trial)
+        self._book.finish(trial.trial_id, status, error=error)
+        self._progress.update()
+
+    def _maybe_best_checkpoint(self, trial: Any) -> None:
+        """The trial's best checkpoint that Ray still keeps: among equal values, the latest (Ray keeps that one)."""
+        record = self._book.trials.get(trial.trial_id)
+        saved = self._checkpoints.get(trial.trial_id)
+        if record is None or not saved or record.best_metric is None:
+            return
+        kept = [(value, path) for value, path in saved if _exists(path)]
+        best = [path for value, path in kept if value == record.best_metric]
+        if best:
+            record.best_checkpoint = best[-1]
+
+
+def _exists(path: str) -> bool:
+    return "://" in path or Path(path).exists()
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
