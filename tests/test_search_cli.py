@@ -1,0 +1,153 @@
+"""`tunetrain search` end to end through the real CLI: a driver killed with SIGKILL resumes on rerun; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TESTS
+
+from tunetrain.results import read_results
+
+SLOW_TASK = '''
+import hashlib, json, os, sys, time
+sys.path.insert(0, {tests!r})
+import torch
+import tiny_task
+
+class Slow(torch.nn.Module):
+    """The tiny model, slowed to ~80 ms a training step; logs how many steps each instance trained."""
+    def __init__(self, params):
+        super().__init__()
+        self.inner = tiny_task.model_init({{"hidden": params.get("hidden", 8), "dropout": 0.0}})
+        self.log = os.path.join({logs!r}, "hidden-%s.log" % params.get("hidden"))
+        self.name = "%s-%s" % (os.getpid(), id(self))
+        self.steps = 0
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            time.sleep(0.08)
+            with open(self.log, "a") as log:
+                log.write(f"{{self.name}} {{self.steps}}\\n")
+        return self.inner(x)
+
+def task():
+    t = tiny_task.task()
+    t.model_init = Slow
+    return t
+'''
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tunetrain.cli", *args]
+
+
+def _write_experiment(tmp_path: Path, task: str, **search) -> Path:
+    hidden = list(range(4, 4 + 2 * search.pop("num_trials", 6), 2))
+    experiment = {
+        "name": "killed",
+        "task": task,
+        "train": {"num_train_epochs": 4, "per_device_train_batch_size": 16, "eval_strategy": "epoch",
+                  "logging_strategy": "no", "metric_for_best_model": "accuracy", "report_to": "none"},
+        "space": {"hidden": {"type": "categorical", "choices": hidden}},
+        "search": {"backend": "ray", "num_trials": len(hidden), "max_concurrent_trials": 2, "sampler": "grid",
+                   "scheduler": "none", "storage": str(tmp_path / "runs"), **search},
+    }  # fmt: skip
+    path = tmp_path / "killed.yaml"
+    path.write_text(json.dumps(experiment))  # JSON is YAML
+    return path
+
+
+def _trained_steps(log: Path) -> list[int]:
+    """Steps each model instance of one trial trained, in the order the instances started."""
+    last: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        name, step = line.split()
+        last[name] = int(step)
+    return list(last.values())
+
+
+def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    task_file = tmp_path / "slow_task.py"
+    task_file.write_text(SLOW_TASK.format(tests=str(TESTS), logs=str(logs)))
+    experiment = _write_experiment(tmp_path, f"{task_file}:task")
+    exp_dir = tmp_path / "runs" / "killed"
+
+    driver = subprocess.Popen(
+        _cli("search", str(experiment)), env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 150
+    done_before: dict[str, float] = {}
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            results = read_results(exp_dir, missing_ok=True) if (exp_dir / "results.parquet").exists() else None
+            finished = [t for t in (results.trials if results else []) if t.status == "completed"]
+            running = [t for t in (results.trials if results else []) if t.status == "running" and t.evaluations]
+            if len(finished) >= 2 and running:
+                done_before = {t.trial_id: t.ended_at for t in finished}
+                break
+        assert done_before, "the search did not get far enough to be killed"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+
+    rerun = subprocess.run(_cli("search", str(experiment)), env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming experiment 'killed'" in rerun.stderr
+    results = read_results(exp_dir)
+    assert len(results.trials) == 6
+    assert {t.status for t in results.trials} == {"completed"}
+    after = {t.trial_id: t.ended_at for t in results.trials}
+    assert all(after[trial_id] == ended for trial_id, ended in done_before.items())  # not rerun
+
+    # every completed trial trained its 60 steps once; an interrupted one resumed from a checkpoint (a multiple
+    # of the 15 steps an epoch), not from step 0
+    resumed = []
+    for trial in results.trials:
+        runs = _trained_steps(logs / f"hidden-{trial.params['hidden']}.log")
+        if trial.trial_id in done_before or len(runs) == 1:
+            assert runs == [60]
+        else:
+            resumed.append(runs[-1])
+    assert resumed, "no trial was interrupted"
+    assert any(0 < steps < 60 and (60 - steps) % 15 == 0 for steps in resumed), resumed
+    assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--address", "127.0.0.1:1"], "`search.address` is '127.0.0.1:1', but nothing answers at 127.0.0.1:1"),
+        (["--storage", "nosuchfs://bucket/x"], "`search.storage` is 'nosuchfs://bucket/x', but pyarrow cannot open"),
+        (["--num-trials", "0"], "`search.num_trials` is 0, but must be >= 1"),
+        (["--set", "search.sampler=grid", "--set", "space.hidden={type: int, low: 1, high: 9}", "--backend", "ray"],
+         None),
+    ],
+)  # fmt: skip
+def test_bad_search_input_is_one_line_and_exit_2(tmp_path, flags, message):
+    experiment = _write_experiment(tmp_path, f"{TESTS / 'tiny_task.py'}:task")
+    if message is None:  # a grid over an int is fine: it is finite. A grid over a float is not:
+        flags = ["--set", "search.sampler=grid", "--set", "space.hidden={type: float, low: 1, high: 9}"]
+        message = "`search.sampler` is 'grid', which cannot search this space"
+    result = subprocess.run(
+        _cli("search", str(experiment), *flags), env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "killed" / "results.parquet").exists()
