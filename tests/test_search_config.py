@@ -1,4 +1,4 @@
-"""Unit tests for `tunetrain.search.config`: the `search:` section, storage resolution, and the Optuna samplers."""
+"""Unit tests for `tunetrain.tuning.config`: the `search:` section, storage resolution, and the Optuna samplers."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pyarrow import fs
 
 from tunetrain.args import TrainingArguments
 from tunetrain.errors import ConfigError
-from tunetrain.search import config as config_module
-from tunetrain.search.config import (
+from tunetrain.space import SearchSpace
+from tunetrain.tuning import config as config_module
+from tunetrain.tuning.config import (
     Resources,
     SchedulerConfig,
     SearchConfig,
@@ -25,7 +26,6 @@ from tunetrain.search.config import (
     resolve_storage,
     with_cli_overrides,
 )
-from tunetrain.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,9 +16,9 @@ from tunetrain.experiment import Experiment, experiment_from_dict
 from tunetrain.loop import Trainer
 from tunetrain.reporting import Reporter
 from tunetrain.results import read_history, read_results
-from tunetrain.search import optuna as optuna_backend
-from tunetrain.search.common import ExperimentDir, trial_arguments
-from tunetrain.search.config import SearchConfig
+from tunetrain.tuning import optuna as optuna_backend
+from tunetrain.tuning.common import ExperimentDir, trial_arguments
+from tunetrain.tuning.config import SearchConfig
 
 TINY_TASK = Path(__file__).parent / "tiny_task.py"
 EPOCHS = 6

@@ -11,10 +11,10 @@ from conftest import TESTS
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: loopback only
 
-from tunetrain import ConfigError  # noqa: E402
-from tunetrain.experiment import experiment_from_dict  # noqa: E402
-from tunetrain.results import read_history, read_results  # noqa: E402
-from tunetrain.search import search  # noqa: E402
+from tunetrain import ConfigError
+from tunetrain.experiment import experiment_from_dict
+from tunetrain.results import read_history, read_results
+from tunetrain.tuning import search
 
 TINY = f"{TESTS / 'tiny_task.py'}:task"
 
@@ -85,8 +85,8 @@ def test_search_end_to_end_with_asha(tmp_path):
 def test_asha_stopped_trials_reach_optuna_as_pruned():
     import optuna
 
-    from tunetrain.search import ray as backend
     from tunetrain.space import SearchSpace
+    from tunetrain.tuning import ray as backend
 
     space = SearchSpace.from_mapping({"x": {"type": "float", "low": 0.0, "high": 1.0}})
     searcher = backend._PrunedAwareOptunaSearch(

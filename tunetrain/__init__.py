@@ -24,6 +24,9 @@ _EXPORTS = {
     "TrainingArguments": "tunetrain.args",
     "load_experiment": "tunetrain.experiment",
     "load_task": "tunetrain.task",
+    "read_results": "tunetrain.results",
+    "search": "tunetrain.tuning",
+    "SearchResult": "tunetrain.results",
     "train": "tunetrain.loop",
 }
 
@@ -32,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Experiment",
+    "SearchResult",
     "SearchSpace",
     "Task",
     "TaskError",
@@ -40,6 +44,8 @@ __all__ = [
     "TrainingArguments",
     "load_experiment",
     "load_task",
+    "read_results",
+    "search",
     "train",
 ]
 
@@ -49,8 +55,10 @@ if TYPE_CHECKING:
     from tunetrain.errors import CheckpointError, ConfigError, TaskError
     from tunetrain.experiment import Experiment, load_experiment
     from tunetrain.loop import Trainer, TrainOutput, train
+    from tunetrain.results import SearchResult, read_results
     from tunetrain.space import SearchSpace
     from tunetrain.task import Task, load_task
+    from tunetrain.tuning import search
 
 
 def __getattr__(name: str) -> Any:

@@ -162,7 +162,7 @@ def _save_final(trainer: Any, params: dict[str, Any], metrics: dict[str, Any]) -
 
 
 def _search(cli: argparse.Namespace) -> int:
-    from tunetrain.search import search
+    from tunetrain.tuning import search
 
     try:
         result = search(

@@ -52,8 +52,9 @@ class TrainOutput(NamedTuple):
 class Trainer:
     """Trains `task`'s model with `args`; `space` turns an `optuna.Trial` into params and checks dict params.
 
-    `reporters` are extra `Reporter`s (a search driver's); the console, TensorBoard (per `report_to`) and, for an
-    `optuna.Trial`, Optuna reporters are added by `train()`.
+    `reporters` are extra `Reporter`s (a search driver's); the console (unless `console=False`: a search shows its
+    own progress), TensorBoard (per `report_to`) and, for an `optuna.Trial`, Optuna reporters are added by
+    `train()`.
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class Trainer:
         space: SearchSpace | None = None,
         *,
         reporters: list[Reporter] | None = None,
+        console: bool = True,
     ) -> None:
         self.task = load_task(task)
+        self.console = console
         self.args = args if args is not None else TrainingArguments()
         if not isinstance(self.args, TrainingArguments):
             raise ConfigError(f"`args` is a {type(self.args).__name__}, but must be a TrainingArguments")
@@ -416,9 +419,9 @@ class Trainer:
         return ckpt.check_checkpoint(resume)
 
     def _make_reporters(self, args: TrainingArguments, optuna_trial: Any) -> list[Reporter]:
-        reporters: list[Reporter] = [
-            ConsoleReporter(use_bar=None if args.disable_tqdm is None else not args.disable_tqdm)
-        ]
+        reporters: list[Reporter] = []
+        if self.console:
+            reporters.append(ConsoleReporter(use_bar=None if args.disable_tqdm is None else not args.disable_tqdm))
         if args.report_to == "tensorboard":
             reporters.append(TensorBoardReporter(args.logging_dir or Path(args.output_dir) / "runs"))
         if optuna_trial is not None:

@@ -27,8 +27,8 @@ from tunetrain.reporting import Reporter
 if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
     from tunetrain.results import SearchResult
-    from tunetrain.search.common import ExperimentDir
-    from tunetrain.search.config import SearchConfig
+    from tunetrain.tuning.common import ExperimentDir
+    from tunetrain.tuning.config import SearchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _trainable_for(experiment: Experiment, config: SearchConfig, exp_dir: Experi
 def _tune_config(experiment: Experiment, config: SearchConfig, max_t: int | None) -> Any:
     from ray import tune
 
-    from tunetrain.search.config import make_sampler
+    from tunetrain.tuning.config import make_sampler
 
     searcher = _PrunedAwareOptunaSearch(
         space=experiment.space.define_by_run,
@@ -293,8 +293,8 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
     from ray import tune
 
     from tunetrain.loop import Trainer
-    from tunetrain.search.common import trial_arguments
     from tunetrain.task import load_task
+    from tunetrain.tuning.common import trial_arguments
 
     torch.set_num_threads(max(1, int(spec.cpus)))
     context = tune.get_context()
@@ -308,7 +308,9 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
     scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
     args = trial_arguments(experiment, str(scratch), logging_dir=logging_dir)
     args = args.replace(metric_for_best_model=spec.metric, greater_is_better=spec.mode == "max")
-    trainer = Trainer(_TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.metric)])
+    trainer = Trainer(
+        _TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.metric)], console=False
+    )
     checkpoint = tune.get_checkpoint()
     try:
         if checkpoint is None:
@@ -407,8 +409,8 @@ class _Bookkeeper(_callback_base()):  # type: ignore[misc]
 
     def setup(self, **info: Any) -> None:
         from tunetrain.results import ResultsBook
-        from tunetrain.search.common import Progress
-        from tunetrain.search.config import resolve_storage
+        from tunetrain.tuning.common import Progress
+        from tunetrain.tuning.config import resolve_storage
 
         filesystem, _ = resolve_storage(self.storage)
         self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=filesystem)

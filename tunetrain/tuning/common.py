@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tunetrain.args import TrainingArguments
     from tunetrain.experiment import Experiment
     from tunetrain.results import ResultsBook, SearchResult
-    from tunetrain.search.config import SearchConfig
+    from tunetrain.tuning.config import SearchConfig
 
 STATE_NAME = "search.json"
 
@@ -34,7 +34,7 @@ class ExperimentDir:
     def for_experiment(cls, experiment: Experiment, config: SearchConfig) -> ExperimentDir:
         from pyarrow import fs
 
-        from tunetrain.search.config import resolve_storage
+        from tunetrain.tuning.config import resolve_storage
 
         filesystem, base = resolve_storage(config.storage)
         path = f"{base.rstrip('/')}/{experiment.name}"

@@ -43,8 +43,8 @@ def search(
     """
     from tunetrain.experiment import Experiment, load_experiment
     from tunetrain.results import read_results
-    from tunetrain.search.common import ExperimentDir, budget_for
-    from tunetrain.search.config import SearchConfig, with_cli_overrides
+    from tunetrain.tuning.common import ExperimentDir, budget_for
+    from tunetrain.tuning.config import SearchConfig, with_cli_overrides
 
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment, overrides)
@@ -87,7 +87,7 @@ def search(
         max_t = config.scheduler.resolved_max_t(budget_for(experiment) if config.scheduler.max_t is None else 0)
 
     if config.backend == "optuna":
-        from tunetrain.search import optuna as backend_module
+        from tunetrain.tuning import optuna as backend_module
 
         result = backend_module.run(experiment, config, exp_dir)
     else:
@@ -100,7 +100,7 @@ def _run_ray(experiment: Experiment, config: Any, exp_dir: Any, *, resume: bool,
     if not config.address:
         # read by Ray when it is first imported: a single-node Ray then advertises 127.0.0.1 only
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from tunetrain.search import ray as backend_module
+    from tunetrain.tuning import ray as backend_module
 
     can_resume = resume and _ray_state_exists(exp_dir)
     return backend_module.run(experiment, config, exp_dir, resume=can_resume, max_t=max_t)

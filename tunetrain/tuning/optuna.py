@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
     from tunetrain.reporting import TrainerControl
     from tunetrain.results import ResultsBook, SearchResult
-    from tunetrain.search.common import ExperimentDir, Progress
-    from tunetrain.search.config import SearchConfig
     from tunetrain.task import Task
+    from tunetrain.tuning.common import ExperimentDir, Progress
+    from tunetrain.tuning.config import SearchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def run(
     import optuna
 
     from tunetrain.results import ResultsBook
-    from tunetrain.search.common import Progress
     from tunetrain.task import load_task
+    from tunetrain.tuning.common import Progress
 
     if not exp_dir.is_local:
         raise ConfigError(
@@ -110,7 +110,7 @@ def open_study(experiment: Experiment, config: SearchConfig, exp_dir: Experiment
     """The experiment's study in `exp_dir/optuna.journal`, created (with `points_to_evaluate` enqueued) if new."""
     import optuna
 
-    from tunetrain.search.config import make_sampler
+    from tunetrain.tuning.config import make_sampler
 
     study = optuna.create_study(
         storage=journal_storage(exp_dir.path),
@@ -226,7 +226,7 @@ class _TrialRunner:
             study.tell(trial, metrics["best_metric"])
 
     def _arguments(self, trial_id: str, output_dir: str) -> TrainingArguments:
-        from tunetrain.search.common import trial_arguments
+        from tunetrain.tuning.common import trial_arguments
 
         args = trial_arguments(
             self.experiment, output_dir, logging_dir=f"{self.exp_dir.path}/tensorboard/{trial_id}"
@@ -251,7 +251,7 @@ class _TrialRunner:
             reporters: list[Reporter] = [_BookReporter(self.book, trial_id, self.config.metric)]
             if self.config.scheduler.type == "asha" and self.config.scheduler.max_t is not None:
                 reporters.append(_StopAtMaxT(self.config.scheduler.max_t))
-            trainer = Trainer(self.task, args, self.experiment.space, reporters=reporters)
+            trainer = Trainer(self.task, args, self.experiment.space, reporters=reporters, console=False)
             try:
                 output = trainer.train(resume_from_checkpoint=resume_from, trial=trial)
                 break
