@@ -9,6 +9,8 @@ import pytest
 from conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+NEEDS_A_CLUSTER = {"cluster_sweep"}  # runnable only against a Ray cluster: see tests/test_search_ray.py
+EXTRA_ARGS = {"search_from_python": ["--backend", "optuna"]}  # the Ray backend has its own tests
 
 
 def test_the_seed_usages_are_there():
@@ -16,9 +18,9 @@ def test_the_seed_usages_are_there():
     assert {"basic", "with_evaluation", "resume", "amp_accumulation", "optuna_study"} <= names
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in NEEDS_A_CLUSTER], ids=lambda p: p.stem)
 def test_example_runs(path, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(path), str(tmp_path / "out")])
+    monkeypatch.setattr(sys, "argv", [str(path), str(tmp_path / "out"), *EXTRA_ARGS.get(path.stem, [])])
     runpy.run_path(str(path), run_name="__main__")
     printed = capsys.readouterr().out
     assert printed.strip()
@@ -26,3 +28,5 @@ def test_example_runs(path, tmp_path, monkeypatch, capsys):
         assert printed.count("to the same weights: True") == 2
     if path.stem == "optuna_study":
         assert "best accuracy" in printed
+    if path.stem == "search_from_python":
+        assert "best trial" in printed and "8 done" in printed

@@ -90,7 +90,14 @@ def run(
                 run_config=_run_config(experiment, config, exp_dir),
             )
         tuner.fit()
-        return read_results(exp_dir.path, filesystem=exp_dir.filesystem)
+        result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
+        # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
+        # with no time budget to explain it, mean the search is not done
+        running = result.counts()["running"]
+        missing = config.time_budget_s is None and len(result.trials) < _num_samples(experiment, config)
+        if running or missing:
+            raise KeyboardInterrupt(f"{running} trial(s) left running")
+        return result
     finally:
         if started_here:
             import ray
@@ -268,7 +275,8 @@ def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: Experimen
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=config.keep_checkpoints_per_trial,
+            # Ray keeps the latest checkpoint on top of the num_to_keep best: together, keep_checkpoints_per_trial
+            num_to_keep=max(1, config.keep_checkpoints_per_trial - 1),
             checkpoint_score_attribute=config.metric,
             checkpoint_score_order=config.mode,
         ),
