@@ -13,10 +13,13 @@ trial's resources (here 1 CPU and a quarter of a GPU, when the cluster has GPUs)
 """
 
 import sys
+from pathlib import Path
 
 import ray
 
 import tunetrain
+
+CNN = Path(__file__).resolve().parent.parent / "search_spaces" / "mnist1d_cnn.yaml"
 
 storage = sys.argv[1] if len(sys.argv) > 1 else "/shared/runs"
 address = sys.argv[2] if len(sys.argv) > 2 else "auto"
@@ -25,7 +28,7 @@ has_gpus = ray.cluster_resources().get("GPU", 0) > 0
 ray.shutdown()  # tunetrain.search connects by itself
 
 result = tunetrain.search(
-    "search_spaces/mnist1d_cnn.yaml",
+    CNN,
     address=address,
     storage=storage,
     gpus_per_trial=0.25 if has_gpus else None,  # four trials share each GPU

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
-NEEDS_A_CLUSTER = {"cluster_sweep"}  # runnable only against a Ray cluster: see tests/test_search_ray.py
+NEEDS_A_CLUSTER = {"cluster_sweep"}  # runnable only against a Ray cluster (multi-node tests: issue 6)
 EXTRA_ARGS = {"search_from_python": ["--backend", "optuna"]}  # the Ray backend has its own tests
 
 

@@ -54,15 +54,27 @@ def _experiment(tmp_path: Path, *, task: str = TINY, epochs: int = 6, **search_s
     )  # fmt: skip
 
 
-def test_search_end_to_end_with_asha(tmp_path):
+def test_search_end_to_end_with_asha(tmp_path, monkeypatch):
+    import optuna
+
+    from tunetrain.tuning import ray as backend
+
+    searchers = []
+    original_init = backend._PrunedAwareOptunaSearch.__init__
+
+    def capture(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        searchers.append(self)
+
+    monkeypatch.setattr(backend._PrunedAwareOptunaSearch, "__init__", capture)
     result = search(_experiment(tmp_path))
     exp_dir = tmp_path / "tiny-search"
     assert result.experiment_dir == str(exp_dir)
     on_disk = read_results(exp_dir)
     assert len(on_disk.trials) == 8
     statuses = {t.trial_id: t.status for t in on_disk.trials}
-    assert set(statuses.values()) <= {"completed", "stopped_early"}
-    stopped = [t for t in on_disk.trials if t.status == "stopped_early"]
+    assert set(statuses.values()) <= {"completed", "pruned"}
+    stopped = [t for t in on_disk.trials if t.status == "pruned"]
     assert stopped, "ASHA stopped no trial"
     assert all(t.evaluations < 6 for t in stopped)  # fewer evaluations than the budget
     assert all(t.evaluations == 6 for t in on_disk.trials if t.status == "completed")
@@ -75,6 +87,21 @@ def test_search_end_to_end_with_asha(tmp_path):
         assert (Path(trial.best_checkpoint) / "model.safetensors").is_file()
         assert (exp_dir / "tensorboard" / trial.trial_id).is_dir()
     assert result.best.metric == max(t.best_metric for t in on_disk.trials)
+
+    # what Optuna was told: ASHA-stopped trials PRUNED (with the value they were stopped at), the rest COMPLETE
+    # with their best evaluation; results.parquet holds the same trials with the same params
+    (searcher,) = searchers
+    told = {trial_id: searcher._ot_trials[trial_id] for trial_id in statuses}
+    study_trials = {t._trial_id: t for t in searcher._ot_study.get_trials(deepcopy=False)}
+    for trial in on_disk.trials:
+        frozen = study_trials[told[trial.trial_id]._trial_id]
+        assert frozen.params == trial.params
+        if trial.status == "pruned":
+            assert frozen.state == optuna.trial.TrialState.PRUNED
+            assert frozen.intermediate_values[trial.evaluations] == trial.best_metric
+        else:
+            assert frozen.state == optuna.trial.TrialState.COMPLETE
+            assert frozen.value == trial.best_metric
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
 
     # a finished experiment is shown, not rerun
@@ -152,6 +179,17 @@ def test_a_failing_trial_resumes_from_its_checkpoint(tmp_path):
     assert sorted(runs.values()) == [30, 40]
 
 
-def test_resources_no_node_can_hold(tmp_path):
+def test_resources_no_node_can_hold_and_restart_loses_nothing(tmp_path):
+    kept = tmp_path / "tiny-search" / "results.parquet"
+    kept.parent.mkdir()
+    kept.write_bytes(b"an earlier experiment")
     with pytest.raises(ConfigError, match=r"asks for 1 CPU \+ 1 GPU per trial, but no node of the Ray cluster"):
-        search(_experiment(tmp_path), gpus_per_trial=1)
+        search(_experiment(tmp_path), gpus_per_trial=1, restart=True)
+    assert kept.read_bytes() == b"an earlier experiment"  # refused before --restart deleted anything
+
+
+def test_a_user_error_inside_trials_stops_the_search(tmp_path):
+    experiment = _experiment(tmp_path, epochs=2, num_trials=4, max_failures=0)
+    experiment.train["metric_for_best_model"] = "f1"
+    with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'eval_f1', but the evaluation returned only"):
+        search(experiment)

@@ -41,73 +41,85 @@ def search(
     `experiment` is an `Experiment` or the path of its YAML file (`overrides` are `key.path=value` strings applied
     to the file). The keyword options override the file's `search:` section, as the CLI's flags do.
     """
-    from tunetrain.experiment import Experiment, load_experiment
+    from tunetrain.experiment import Experiment, experiment_from_dict, load_experiment
     from tunetrain.results import read_results
-    from tunetrain.tuning.common import ExperimentDir, budget_for
-    from tunetrain.tuning.config import SearchConfig, with_cli_overrides
+    from tunetrain.tuning.common import ExperimentDir
 
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment, overrides)
-    if experiment.space.is_empty:
-        raise ConfigError("`space` is empty, but a search needs at least one param to vary")
-    raw = with_cli_overrides(
-        experiment.search,
-        backend=backend,
-        num_trials=num_trials,
-        address=address,
-        storage=storage,
-        gpus_per_trial=gpus_per_trial,
-    )
-    args = experiment.training_arguments(output_dir="unused")
-    config = SearchConfig.from_dict(raw, space=experiment.space, args=args)
+    options = {"backend": backend, "num_trials": num_trials, "address": address, "storage": storage}
+    options["gpus_per_trial"] = gpus_per_trial
+    config = _config(experiment, options)
     exp_dir = ExperimentDir.for_experiment(experiment, config)
-
-    state = exp_dir.read_state()
-    if restart and exp_dir.exists():
-        logger.info("--restart: removing %s", exp_dir.uri)
-        exp_dir.remove()
-        state = None
+    state = None if restart else exp_dir.read_state()
+    if state is not None and state.get("experiment") != experiment.to_dict():
+        # Ray restores a search with the settings it started with; so does tunetrain, on both backends
+        logger.warning(
+            "the experiment file (or --set / flags) changed since this search started; it continues with the "
+            "settings it started with, at this storage and address (use --restart to start over with the new ones)"
+        )
+        experiment = experiment_from_dict(state["experiment"])
+        config = _config(experiment, {"address": address, "storage": storage})
     if state is not None and state.get("status") == "finished":
         logger.info("experiment %r finished earlier (%s); --restart runs it again", experiment.name, exp_dir.uri)
         result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
-        print(f"\n{result.summary_line()}\n\n{result.table()}\n")
+        logger.info("%s\n\n%s\n", result.summary_line(), result.table())
         return result
-    resume = state is not None
-    if resume:
-        if state.get("experiment") != experiment.to_dict():
-            logger.warning(
-                "the experiment file changed since this search started; it continues with the settings it started "
-                "with (use --restart to start over with the new ones)"
-            )
-        logger.info("resuming experiment %r from %s", experiment.name, exp_dir.uri)
-    else:
-        exp_dir.write_state({"status": "running", "experiment": experiment.to_dict(), "started_at": time.time()})
-    max_t = None
-    if config.scheduler.type == "asha":
-        max_t = config.scheduler.resolved_max_t(budget_for(experiment) if config.scheduler.max_t is None else 0)
+    max_t = _max_t(experiment, config)
 
-    if config.backend == "optuna":
-        from tunetrain.tuning import optuna as backend_module
+    # everything that can refuse the search (cluster, resources, storage) runs before anything is deleted or written
+    backend_module, started_ray = _backend(config, exp_dir)
+    try:
+        if restart and exp_dir.exists():
+            logger.info("--restart: removing %s", exp_dir.uri)
+            exp_dir.remove()
+        if state is None:
+            exp_dir.write_state({"status": "running", "experiment": experiment.to_dict(), "started_at": time.time()})
+        else:
+            logger.info("resuming experiment %r from %s", experiment.name, exp_dir.uri)
+        if config.backend == "optuna":
+            result = backend_module.run(experiment, config, exp_dir)
+        else:
+            resume = state is not None and backend_module.can_resume(exp_dir)
+            result = backend_module.run(experiment, config, exp_dir, resume=resume, max_t=max_t)
+    finally:
+        if started_ray:
+            import ray
 
-        result = backend_module.run(experiment, config, exp_dir)
-    else:
-        result = _run_ray(experiment, config, exp_dir, resume=resume, max_t=max_t)
+            ray.shutdown()
     exp_dir.write_state({**(exp_dir.read_state() or {}), "status": "finished", "finished_at": time.time()})
     return result
 
 
-def _run_ray(experiment: Experiment, config: Any, exp_dir: Any, *, resume: bool, max_t: int | None) -> SearchResult:
+def _config(experiment: Experiment, options: dict[str, Any]) -> Any:
+    from tunetrain.tuning.config import SearchConfig, with_cli_overrides
+
+    if experiment.space.is_empty:
+        raise ConfigError("`space` is empty, but a search needs at least one param to vary")
+    raw = with_cli_overrides(experiment.search, **options)
+    args = experiment.training_arguments(output_dir="unused")
+    return SearchConfig.from_dict(raw, space=experiment.space, args=args)
+
+
+def _max_t(experiment: Experiment, config: Any) -> int | None:
+    """ASHA's max_t: the configured one, else the run's budget in evaluations."""
+    from tunetrain.tuning.common import budget_for
+
+    if config.scheduler.type != "asha":
+        return None
+    return config.scheduler.resolved_max_t(budget_for(experiment) if config.scheduler.max_t is None else 0)
+
+
+def _backend(config: Any, exp_dir: Any) -> tuple[Any, bool]:
+    """The backend module, connected and checked; True when Ray was started here (and must be shut down)."""
+    if config.backend == "optuna":
+        from tunetrain.tuning import optuna as backend_module
+
+        backend_module.check(config, exp_dir)
+        return backend_module, False
     if not config.address:
         # read by Ray when it is first imported: a single-node Ray then advertises 127.0.0.1 only
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from tunetrain.tuning import ray as backend_module
 
-    can_resume = resume and _ray_state_exists(exp_dir)
-    return backend_module.run(experiment, config, exp_dir, resume=can_resume, max_t=max_t)
-
-
-def _ray_state_exists(exp_dir: Any) -> bool:
-    from ray import tune
-
-    fs = None if exp_dir.is_local else exp_dir.filesystem
-    return tune.Tuner.can_restore(exp_dir.uri, storage_filesystem=fs)
+    return backend_module, backend_module.connect(config, exp_dir)

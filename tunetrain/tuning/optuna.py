@@ -53,6 +53,15 @@ OUTPUT_DIR_ATTR = "output_dir"  # where its checkpoints are; a re-run resumes fr
 INTERRUPTED_ATTR = "interrupted"
 
 
+def check(config: SearchConfig, exp_dir: ExperimentDir) -> None:
+    """Refuse what this backend cannot do before anything is written."""
+    if not exp_dir.is_local:
+        raise ConfigError(
+            f"`search.storage` is {config.storage!r}, but the optuna backend needs a local or mounted directory; "
+            "use backend: ray for s3:// and other remote storage"
+        )
+
+
 def run(
     experiment: Experiment,
     config: SearchConfig,
@@ -71,11 +80,7 @@ def run(
     from tunetrain.task import load_task
     from tunetrain.tuning.common import Progress
 
-    if not exp_dir.is_local:
-        raise ConfigError(
-            f"`search.storage` is {config.storage!r}, but the optuna backend needs a local or mounted directory; "
-            "use backend: ray for s3:// and other remote storage"
-        )
+    check(config, exp_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console shows Progress lines instead
     Path(exp_dir.path).mkdir(parents=True, exist_ok=True)
     book = ResultsBook(exp_dir.path, metric=config.metric, mode=config.mode)

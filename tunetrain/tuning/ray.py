@@ -8,6 +8,9 @@
   low-fidelity value, which misleads TPE); errored trials as FAIL.
 - The driver keeps `results.parquet` / `history.parquet` and prints progress; Ray's own output is silenced.
 - A local Ray starts by itself on 127.0.0.1; `address` joins a cluster, whose nodes must all see the storage.
+
+Importing this module imports Ray: `tunetrain.tuning` sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 first for a local
+Ray (Ray reads it when it is imported).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from tunetrain.errors import ConfigError
 from tunetrain.reporting import Reporter
@@ -36,6 +44,8 @@ OBJECTIVE = "objective"  # the trial's best value of the search metric so far: w
 # Trials ASHA stopped before their budget, shared by the scheduler, the searcher and the bookkeeping callback
 # (all three live in the driver process; a module global survives Ray pickling them into its experiment state).
 _STOPPED_EARLY: set[str] = set()
+# One-line messages of user errors (ConfigError) raised inside trials: the search ends with the first of them.
+_CONFIG_ERRORS: list[str] = []
 # The task of each worker process, loaded once: a reused actor trains many trials on the same data.
 _TASKS: dict[str, Any] = {}
 
@@ -58,6 +68,31 @@ class _TrialSpec:
     cpus: float
 
 
+def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
+    """Start or join Ray and check that the search can run there; True when this call started Ray.
+
+    Called before anything of the experiment is written or deleted, so bad input loses nothing.
+    """
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    started_here = _init_ray(config)
+    try:
+        _check_resources(config)
+        if config.address:
+            _check_storage_on_every_node(exp_dir)
+    except BaseException:
+        if started_here:
+            ray.shutdown()
+        raise
+    return started_here
+
+
+def can_resume(exp_dir: ExperimentDir) -> bool:
+    """Whether Ray's own state of this experiment is there to restore from."""
+    path, filesystem = _location(exp_dir)
+    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+
+
 def run(
     experiment: Experiment,
     config: SearchConfig,
@@ -66,52 +101,43 @@ def run(
     resume: bool,
     max_t: int | None,
 ) -> SearchResult:
-    """Run (or, with `resume`, continue) the search on Ray; returns what results.parquet holds at the end."""
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    started_here = _init_ray(config)
-    try:
-        from ray import tune
+    """Run (or, with `resume`, continue) the search on a connected Ray; returns what results.parquet holds."""
+    from tunetrain.results import read_results
 
-        from tunetrain.results import read_results
+    _STOPPED_EARLY.clear()
+    _CONFIG_ERRORS.clear()
+    trainable = _trainable_for(experiment, config, exp_dir)
+    if resume:
+        path, filesystem = _location(exp_dir)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(experiment, config, max_t),
+            run_config=_run_config(experiment, config, exp_dir),
+        )
+    tuner.fit()
+    if _CONFIG_ERRORS:
+        # a user error inside a trial (a metric compute_metrics never returns, bad model params): every trial
+        # would fail the same way, so the search stops and says why, in one line
+        raise ConfigError(_CONFIG_ERRORS[0])
+    result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
+    # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
+    # with no time budget to explain it, mean the search is not done
+    running = result.counts()["running"]
+    missing = config.time_budget_s is None and len(result.trials) < _num_samples(experiment, config)
+    if running or missing:
+        raise KeyboardInterrupt(f"{running} trial(s) left running")
+    return result
 
-        _check_resources(config)
-        if config.address:
-            _check_storage_on_every_node(exp_dir)
-        _STOPPED_EARLY.clear()
-        trainable = _trainable_for(experiment, config, exp_dir)
-        if resume:
-            fs = None if exp_dir.is_local else exp_dir.filesystem
-            tuner = tune.Tuner.restore(exp_dir.uri, trainable=trainable, resume_errored=True, storage_filesystem=fs)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=_tune_config(experiment, config, max_t),
-                run_config=_run_config(experiment, config, exp_dir),
-            )
-        tuner.fit()
-        result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
-        # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
-        # with no time budget to explain it, mean the search is not done
-        running = result.counts()["running"]
-        missing = config.time_budget_s is None and len(result.trials) < _num_samples(experiment, config)
-        if running or missing:
-            raise KeyboardInterrupt(f"{running} trial(s) left running")
-        return result
-    finally:
-        if started_here:
-            import ray
 
-            ray.shutdown()
+def _location(exp_dir: ExperimentDir) -> tuple[str, Any]:
+    """The experiment's path and filesystem as Ray takes them: a path without its scheme when a filesystem is given."""
+    return exp_dir.path, None if exp_dir.is_local else exp_dir.filesystem
 
 
 def _init_ray(config: SearchConfig) -> bool:
     """Connect to `address`, or start a local Ray on 127.0.0.1; False when Ray was already up in this process."""
-    if not config.address:
-        # read by Ray when it is imported: a single-node Ray then advertises 127.0.0.1, not the machine's address
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
     if ray.is_initialized():
         return False
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
@@ -183,7 +209,7 @@ def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
             ).remote(exp_dir.uri, marker)
             for node in nodes
         }
-        blind = [address for address, future in futures.items() if not ray.get(future, timeout=60)]
+        blind = [address for address, future in futures.items() if not _answer(future)]
     finally:
         exp_dir.filesystem.delete_file(marker)
     if blind:
@@ -191,6 +217,13 @@ def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
             f"`search.storage` {exp_dir.uri!r} is not reachable from Ray node(s) {', '.join(blind)}: use a directory "
             "shared by every node (e.g. NFS) or a URI such as s3://bucket/path"
         )
+
+
+def _answer(future: Any) -> bool:
+    try:
+        return bool(ray.get(future, timeout=60))
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        return False
 
 
 def _can_read(uri: str, marker: str) -> bool:
@@ -266,12 +299,11 @@ def _num_samples(experiment: Experiment, config: SearchConfig) -> int:
 def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
     from ray import tune
 
-    base = exp_dir.path.rsplit("/", 1)[0]
-    storage_path = base if exp_dir.is_local else f"{exp_dir.uri.rsplit('/', 1)[0]}"
+    path, filesystem = _location(exp_dir)
     return tune.RunConfig(
         name=experiment.name,
-        storage_path=storage_path,
-        storage_filesystem=None if exp_dir.is_local else exp_dir.filesystem,
+        storage_path=path.rsplit("/", 1)[0],
+        storage_filesystem=filesystem,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
         checkpoint_config=tune.CheckpointConfig(
@@ -358,19 +390,7 @@ class _TuneReporter(Reporter):
 # ---------------------------------------------------------------------- in the driver
 
 
-def _scheduler_base() -> type:
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler
-
-
-def _searcher_base() -> type:
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-class _EarlyStopRecordingASHA(_scheduler_base()):  # type: ignore[misc]
+class _EarlyStopRecordingASHA(ASHAScheduler):
     """ASHA that records which trials it stopped before their budget (max_t)."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -380,24 +400,21 @@ class _EarlyStopRecordingASHA(_scheduler_base()):  # type: ignore[misc]
         return decision
 
 
-class _PrunedAwareOptunaSearch(_searcher_base()):  # type: ignore[misc]
+class _PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in _STOPPED_EARLY and not error:
-            # no value with state unset: OptunaSearch tells the trial PRUNED (its intermediate values stay)
+            # Ray does not pass the result at which ASHA stopped a trial to the searcher: report it here, then no
+            # value with no error makes OptunaSearch tell the trial PRUNED (its intermediate values stay)
+            if result and OBJECTIVE in result and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].report(result[OBJECTIVE], result["training_iteration"])
             super().on_trial_complete(trial_id, result=None, error=False)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def _callback_base() -> type:
-    from ray.tune import Callback
-
-    return Callback
-
-
-class _Bookkeeper(_callback_base()):  # type: ignore[misc]
+class _Bookkeeper(tune.Callback):
     """Keeps results.parquet / history.parquet and prints progress, from the driver's view of the trials."""
 
     def __init__(self, *, storage: str, exp_path: str, metric: str, mode: str, total: int) -> None:
@@ -445,12 +462,16 @@ class _Bookkeeper(_callback_base()):  # type: ignore[misc]
             self._maybe_best_checkpoint(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        status = "stopped_early" if trial.trial_id in _STOPPED_EARLY else "completed"
+        status = "pruned" if trial.trial_id in _STOPPED_EARLY else "completed"
         self._finish(trial, status)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        message = str(error).strip().splitlines()[-1] if error else "the trial failed"
+        error = _trial_error(trial)
+        user_error = _config_error_in(error)
+        if user_error is not None:
+            _CONFIG_ERRORS.append(str(user_error))
+        # Ray's error text is the trial's traceback: its last line is "Type: message"
+        message = str(user_error or error or "the trial failed").strip().splitlines()[-1]
         self._finish(trial, "errored", message)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -478,6 +499,33 @@ class _Bookkeeper(_callback_base()):  # type: ignore[misc]
 
 def _exists(path: str) -> bool:
     return "://" in path or Path(path).exists()
+
+
+def _trial_error(trial: Any) -> BaseException | None:
+    """The exception a trial failed with. Ray has written it next to the trial (in the driver's staging dir, not
+    yet the storage, which `trial.get_pickled_error()` reads) by the time `on_trial_error` is called."""
+    import ray.cloudpickle
+
+    path = trial.pickled_error_file
+    if path and os.path.exists(path):
+        with open(path, "rb") as file:
+            return ray.cloudpickle.load(file)
+    return trial.get_error()
+
+
+def _config_error_in(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError a trial raised, through Ray's wrapping (RayTaskError.cause, __cause__)."""
+    for _ in range(10):
+        if error is None:
+            return None
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            error = cause
+        elif isinstance(error, ConfigError):
+            return error
+        else:
+            error = error.__cause__
+    return None
 
 
 def _trial_dirname(trial: Any) -> str:
