@@ -132,6 +132,7 @@ def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path):
     ("flags", "message"),
     [
         (["--address", "127.0.0.1:1"], "`search.address` is '127.0.0.1:1', but nothing answers at 127.0.0.1:1"),
+        (["--address", "auto"], "`search.address` is 'auto', but no running Ray cluster was found"),
         (["--storage", "nosuchfs://bucket/x"], "`search.storage` is 'nosuchfs://bucket/x', but pyarrow cannot open"),
         (["--num-trials", "0"], "`search.num_trials` is 0, but must be >= 1"),
         (["--set", "search.sampler=grid", "--set", "space.hidden={type: int, low: 1, high: 9}", "--backend", "ray"],

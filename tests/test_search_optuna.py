@@ -234,7 +234,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path: Path, start_ste
     killed = study.ask()
     params = experiment.space.sample(killed)
     output_dir = exp_path / "trials" / f"trial-{killed.number:04d}"
-    args = trial_arguments(experiment, str(output_dir))
+    args = trial_arguments(experiment, _config(experiment), str(output_dir))
     with pytest.raises(KeyboardInterrupt):
         Trainer(f"{TINY_TASK}:task", args, experiment.space, reporters=[_StopAfterFirstEvaluation()]).train(
             trial=params

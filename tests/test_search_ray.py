@@ -191,5 +191,5 @@ def test_resources_no_node_can_hold_and_restart_loses_nothing(tmp_path):
 def test_a_user_error_inside_trials_stops_the_search(tmp_path):
     experiment = _experiment(tmp_path, epochs=2, num_trials=4, max_failures=0)
     experiment.train["metric_for_best_model"] = "f1"
-    with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'eval_f1', but the evaluation returned only"):
+    with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'f1', but the evaluation returned only"):
         search(experiment)

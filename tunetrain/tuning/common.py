@@ -81,17 +81,29 @@ class ExperimentDir:
             self.filesystem.delete_dir(self.path)
 
 
-def trial_arguments(experiment: Experiment, output_dir: str, *, logging_dir: str | None = None) -> TrainingArguments:
-    """A trial's TrainingArguments: every evaluation is reported, with the checkpoint saved at that evaluation."""
+def trial_arguments(
+    experiment: Experiment,
+    config: SearchConfig,
+    output_dir: str,
+    *,
+    logging_dir: str | None = None,
+    save_total_limit: int = 1,
+) -> TrainingArguments:
+    """A trial's TrainingArguments: every evaluation is reported, with the checkpoint saved at that evaluation,
+    and the loop tracks its best evaluation (the trial's value) by the search's metric and mode."""
     args = experiment.training_arguments(output_dir=output_dir)  # SearchConfig checked it evaluates
-    return args.replace(
+    args = args.replace(
         save_strategy=args.eval_strategy,
         save_steps=args.eval_steps,
-        save_total_limit=1,  # the search keeps its own copies (best and latest); the trial needs only the latest
+        save_total_limit=save_total_limit,  # the best counts against it and survives, so does the latest
         load_best_model_at_end=False,
         disable_tqdm=True,
         logging_dir=logging_dir,
     )
+    greater_is_better = config.mode == "max"
+    if args.objective_metric != config.metric or args.greater_is_better != greater_is_better:
+        args = args.replace(metric_for_best_model=config.metric, greater_is_better=greater_is_better)
+    return args
 
 
 def evaluation_budget(args: TrainingArguments, steps_per_epoch: int | None) -> int:

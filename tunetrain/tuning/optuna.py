@@ -233,14 +233,14 @@ class _TrialRunner:
     def _arguments(self, trial_id: str, output_dir: str) -> TrainingArguments:
         from tunetrain.tuning.common import trial_arguments
 
-        args = trial_arguments(
-            self.experiment, output_dir, logging_dir=f"{self.exp_dir.path}/tensorboard/{trial_id}"
-        ).replace(save_total_limit=self.config.keep_checkpoints_per_trial)  # the best counts, the latest survives
-        # the loop tracks its best evaluation (the trial's value) and reports to Optuna by its own metric
-        greater_is_better = self.config.mode == "max"
-        if args.objective_metric != self.config.metric or args.greater_is_better != greater_is_better:
-            args = args.replace(metric_for_best_model=self.config.metric, greater_is_better=greater_is_better)
-        return args
+        # the search keeps keep_checkpoints_per_trial in the trial's own dir: the best counts, the latest survives
+        return trial_arguments(
+            self.experiment,
+            self.config,
+            output_dir,
+            logging_dir=f"{self.exp_dir.path}/tensorboard/{trial_id}",
+            save_total_limit=self.config.keep_checkpoints_per_trial,
+        )
 
     def _train(self, trial: optuna.Trial, trial_id: str, args: TrainingArguments, resuming: bool) -> dict[str, Any]:
         """The finished run's metrics; retries from the latest checkpoint up to `max_failures` times."""

@@ -62,10 +62,8 @@ class _TrialSpec:
     """What a trial needs besides its params; shipped to workers once through `tune.with_parameters`."""
 
     experiment: Experiment
-    metric: str
-    mode: str
+    config: SearchConfig
     tensorboard_dir: str | None
-    cpus: float
 
 
 def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
@@ -178,7 +176,6 @@ def _probe_address(address: str) -> None:
 
 def _check_resources(config: SearchConfig) -> None:
     """Fail now, not after waiting forever, when no node can ever hold one trial."""
-    import ray
 
     cpu, gpu = config.resources_per_trial.cpu, config.resources_per_trial.gpu
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -193,7 +190,6 @@ def _check_resources(config: SearchConfig) -> None:
 
 def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
     """A marker the driver writes must be readable from every node, or trials could not save or resume."""
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     marker = f"{exp_dir.path}/.storage-check-{uuid.uuid4().hex}"
@@ -240,21 +236,16 @@ def _can_read(uri: str, marker: str) -> bool:
 
 
 def _trainable_for(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
-    from ray import tune
-
     spec = _TrialSpec(
         experiment=experiment,
-        metric=config.metric,
-        mode=config.mode,
+        config=config,
         tensorboard_dir=f"{exp_dir.path}/tensorboard" if exp_dir.is_local else None,
-        cpus=config.resources_per_trial.cpu,
     )
     resources = {"cpu": config.resources_per_trial.cpu, "gpu": config.resources_per_trial.gpu}
     return tune.with_resources(tune.with_parameters(_run_trial, spec=spec), resources)
 
 
 def _tune_config(experiment: Experiment, config: SearchConfig, max_t: int | None) -> Any:
-    from ray import tune
 
     from tunetrain.tuning.config import make_sampler
 
@@ -297,7 +288,6 @@ def _num_samples(experiment: Experiment, config: SearchConfig) -> int:
 
 
 def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
-    from ray import tune
 
     path, filesystem = _location(exp_dir)
     return tune.RunConfig(
@@ -330,13 +320,12 @@ def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: Experimen
 def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
     """One trial: `Trainer.train` with the sampled params, resumed from Ray's checkpoint when there is one."""
     import torch
-    from ray import tune
 
     from tunetrain.loop import Trainer
     from tunetrain.task import load_task
     from tunetrain.tuning.common import trial_arguments
 
-    torch.set_num_threads(max(1, int(spec.cpus)))
+    torch.set_num_threads(max(1, int(spec.config.resources_per_trial.cpu)))
     context = tune.get_context()
     trial_id = context.get_trial_id()
     experiment = spec.experiment
@@ -346,10 +335,9 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
     # the trial's own output dir is scratch space outside Ray's trial dir (which Ray syncs to the storage): a
     # checkpoint lives there only until tune.report has persisted Ray's copy, the one a restart resumes from
     scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
-    args = trial_arguments(experiment, str(scratch), logging_dir=logging_dir)
-    args = args.replace(metric_for_best_model=spec.metric, greater_is_better=spec.mode == "max")
+    args = trial_arguments(experiment, spec.config, str(scratch), logging_dir=logging_dir)
     trainer = Trainer(
-        _TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.metric)], console=False
+        _TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.config.metric)], console=False
     )
     checkpoint = tune.get_checkpoint()
     try:
@@ -369,7 +357,6 @@ class _TuneReporter(Reporter):
         self.metric = metric
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
-        from ray import tune
 
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         value = metrics[self.metric]
