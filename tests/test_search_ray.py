@@ -193,3 +193,41 @@ def test_a_user_error_inside_trials_stops_the_search(tmp_path):
     experiment.train["metric_for_best_model"] = "f1"
     with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'f1', but the evaluation returned only"):
         search(experiment)
+
+
+BROKEN_TASK = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+import tiny_task
+
+class Broken(torch.nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.inner = tiny_task.model_init({{"hidden": hidden, "dropout": 0.0}})
+        self.hidden = hidden
+    def forward(self, x):
+        if self.training and self.hidden > 20:
+            raise RuntimeError("this model always fails")
+        return self.inner(x)
+
+def task():
+    t = tiny_task.task()
+    t.model_init = lambda params: Broken(params["hidden"])
+    return t
+"""
+
+
+def test_a_trial_that_keeps_failing_is_errored_and_the_search_goes_on(tmp_path):
+    path = tmp_path / "broken_task.py"
+    path.write_text(BROKEN_TASK.format(tests=str(TESTS)))
+    experiment = _experiment(
+        tmp_path, task=f"{path}:task", epochs=2, num_trials=2, max_failures=1, scheduler="none",
+        points_to_evaluate=[{"learning_rate": 0.01, "hidden": 30}, {"learning_rate": 0.01, "hidden": 8}],
+    )  # fmt: skip
+    result = search(experiment)
+    by_hidden = {t.params["hidden"]: t for t in result.trials}
+    assert by_hidden[30].status == "errored"
+    assert by_hidden[30].error == "RuntimeError: this model always fails"
+    assert by_hidden[8].status == "completed" and by_hidden[8].evaluations == 2
+    assert result.best.trial_id == by_hidden[8].trial_id  # an errored trial never becomes the best
