@@ -25,12 +25,27 @@ class TaskError(ConfigError):
 def did_you_mean(word: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
     """` (did you mean `x`?)` for the closest candidate, or "" (for messages that name an unknown key).
 
-    Swapped letters first (`lgo` is `log`, though difflib rates `low` closer), then difflib's closest match.
-    Never "; ": that separates the problems of one collected error.
+    Case is ignored (`GPU` is `gpu`); a word that starts exactly one candidate means it (`grace` is
+    `grace_period`); then swapped letters (`lgo` is `log`, though difflib rates `low` closer), then difflib's
+    closest match. Never "; ": that separates the problems of one collected error.
     """
     if not isinstance(word, str):
         return ""
     candidates = list(candidates)
-    match = [c for c in candidates if sorted(c) == sorted(word)]
+    lowered = word.lower()
+    match = [c for c in candidates if c.lower() == lowered]
+    starting = [c for c in candidates if lowered and c.lower().startswith(lowered)]
+    match = match or (starting if len(starting) == 1 else [])
+    match = match or [c for c in candidates if sorted(c) == sorted(word)]
     match = match or difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
     return f" (did you mean `{match[0]}`?)" if match else ""
+
+
+def show_value(value: object) -> str:
+    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None or type(value) in (str, int, float, bool):
+        return text
+    return f"{text} ({type(value).__name__})"

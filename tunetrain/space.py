@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tunetrain.errors import ConfigError, did_you_mean
+from tunetrain.errors import ConfigError, did_you_mean, show_value
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -289,7 +289,7 @@ class SearchSpace:
             return cls((), where=where)
         if not isinstance(mapping, Mapping):
             raise ConfigError(
-                f"`{where}` is {_show(mapping)}, but must be a mapping of param name -> "
+                f"`{where}` is {show_value(mapping)}, but must be a mapping of param name -> "
                 "{type: float | int | categorical, ...}"
             )
         problems: list[str] = []
@@ -390,7 +390,7 @@ class SearchSpace:
         a number.
         """
         if not isinstance(params, Mapping):
-            raise ConfigError(f"`{where}` is {_show(params)}, but must be a mapping of param name -> value")
+            raise ConfigError(f"`{where}` is {show_value(params)}, but must be a mapping of param name -> value")
         problems = [
             f"`{where}.{name}` is not a param of the search space{did_you_mean(name, self._params)}"
             for name in params
@@ -413,7 +413,7 @@ class SearchSpace:
                 continue
             value, rule = param.check(params[param.name])
             if rule is not None:
-                problems.append(f"`{where}.{param.name}` is {_show(value)}, but {rule}")
+                problems.append(f"`{where}.{param.name}` is {show_value(value)}, but {rule}")
                 undecidable.add(param.name)
             else:
                 chosen[param.name] = value
@@ -484,13 +484,13 @@ def _parse_param(name: Any, spec: Any, where: str, problems: list[str]) -> Param
     """The parsed param, or None after appending what is wrong with it to `problems`."""
     if not isinstance(name, str) or not name.isidentifier():
         problems.append(
-            f"`{where}` has a param named {_show(name)}, but names must be identifiers such as learning_rate"
+            f"`{where}` has a param named {show_value(name)}, but names must be identifiers such as learning_rate"
         )
         return None
     path = f"{where}.{name}"
     if not isinstance(spec, Mapping):
         problems.append(
-            f"`{path}` is {_show(spec)}, but must be a mapping such as {{type: float, low: 0.0, high: 1.0}}"
+            f"`{path}` is {show_value(spec)}, but must be a mapping such as {{type: float, low: 0.0, high: 1.0}}"
         )
         return None
     kind = _parse_type(spec, path, problems)
@@ -511,7 +511,7 @@ def _parse_param(name: Any, spec: Any, where: str, problems: list[str]) -> Param
     if "default" in spec:
         default, rule = param.check(spec["default"])
         if rule is not None:
-            problems.append(f"`{path}.default` is {_show(spec['default'])}, but {rule}")
+            problems.append(f"`{path}.default` is {show_value(spec['default'])}, but {rule}")
             return None
         param = dataclasses.replace(param, default=default)
     return param
@@ -524,7 +524,7 @@ def _parse_type(spec: Mapping[Any, Any], path: str, problems: list[str]) -> str 
     kind = spec["type"]
     if not isinstance(kind, str) or kind not in TYPES:
         problems.append(
-            f"`{path}.type` is {_show(kind)}, but must be one of {' | '.join(TYPES)}{did_you_mean(kind, TYPES)}"
+            f"`{path}.type` is {show_value(kind)}, but must be one of {' | '.join(TYPES)}{did_you_mean(kind, TYPES)}"
         )
         return None
     return kind
@@ -570,7 +570,7 @@ def _parse_categorical(name: str, spec: Mapping[Any, Any], path: str, problems: 
         return None
     choices = spec["choices"]
     if not isinstance(choices, (list, tuple)):
-        problems.append(f"`{path}.choices` is {_show(choices)}, but must be a list")
+        problems.append(f"`{path}.choices` is {show_value(choices)}, but must be a list")
         return None
     if not choices:
         problems.append(f"`{path}.choices` is empty, but must list at least one choice")
@@ -580,7 +580,7 @@ def _parse_categorical(name: str, spec: Mapping[Any, Any], path: str, problems: 
     for index, choice in enumerate(choices):
         problem = _choice_problem(choice)
         if problem is not None:
-            problems.append(f"`{path}.choices[{index}]` is {_show(choice)}, but {problem}")
+            problems.append(f"`{path}.choices[{index}]` is {show_value(choice)}, but {problem}")
         else:
             scalars.append(choice)
     # Optuna finds a choice by ==, so 1, 1.0 and True are one choice to it.
@@ -603,7 +603,7 @@ def _choice_problem(choice: Any) -> str | None:
 
 def _duplicate_choice_problem(path: str, choice: Any, twin: Any) -> str:
     if type(choice) is type(twin):
-        return f"`{path}` has {_show(choice)} twice"
+        return f"`{path}` has {show_value(choice)} twice"
     return f"`{path}` has {twin!r} and {choice!r}, which compare equal (Optuna cannot tell them apart)"
 
 
@@ -622,18 +622,18 @@ def _parse_number(value: Any, path: str, problems: list[str], *, integer: bool) 
     if number is not None and (integer or math.isfinite(number)):
         return number
     if integer and _to_float(value) is not None:
-        problems.append(f"`{path}` is {_show(value)}, but must be a whole number")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a whole number")
     elif not integer and number is not None:
-        problems.append(f"`{path}` is {_show(value)}, but must be a finite number")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a finite number")
     else:
-        problems.append(f"`{path}` is {_show(value)}, but must be {'an integer' if integer else 'a number'}")
+        problems.append(f"`{path}` is {show_value(value)}, but must be {'an integer' if integer else 'a number'}")
     return None
 
 
 def _parse_log(spec: Mapping[Any, Any], path: str, problems: list[str]) -> bool | None:
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        problems.append(f"`{path}.log` is {_show(log)}, but must be true or false")
+        problems.append(f"`{path}.log` is {show_value(log)}, but must be true or false")
         return None
     return log
 
@@ -646,7 +646,7 @@ def _parse_step(spec: Mapping[Any, Any], path: str, problems: list[str], *, inte
     if step is None:
         return False
     if step <= 0:
-        problems.append(f"`{path}.step` is {_show(spec['step'])}, but must be > 0")
+        problems.append(f"`{path}.step` is {show_value(spec['step'])}, but must be > 0")
         return False
     return step
 
@@ -671,7 +671,7 @@ def _parse_when(when: Any, path: str, problems: list[str]) -> dict[str, tuple[An
     """`{parent: (values, ...)}`; the names and values are checked against the other params later."""
     if not isinstance(when, Mapping) or not when:
         problems.append(
-            f"`{path}` is {_show(when)}, but must be a non-empty mapping of param name -> value or list of values"
+            f"`{path}` is {show_value(when)}, but must be a non-empty mapping of param name -> value or list of values"
         )
         return None
     condition: dict[str, tuple[Any, ...]] = {}
@@ -683,7 +683,7 @@ def _parse_when(when: Any, path: str, problems: list[str]) -> dict[str, tuple[An
         for value in values:
             problem = _choice_problem(value)
             if problem is not None:
-                problems.append(f"`{path}.{parent}` has {_show(value)}, but each value {problem}")
+                problems.append(f"`{path}.{parent}` has {show_value(value)}, but each value {problem}")
         condition[str(parent)] = values
     return condition
 
@@ -726,7 +726,9 @@ def _condition_value_problems(parent: Param, values: tuple[Any, ...], path: str)
     for value in values:
         _, rule = parent.check(value)
         if rule is not None:
-            problems.append(f"`{path}` is {_show(value)}, but {parent.name} {rule}, so the condition can never hold")
+            problems.append(
+                f"`{path}` is {show_value(value)}, but {parent.name} {rule}, so the condition can never hold"
+            )
     return problems
 
 
@@ -868,16 +870,6 @@ def _nearest_integer_sqrt(number: int) -> int:
 
 
 # --- messages ---------------------------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if value is None or type(value) in (str, int, float, bool):
-        return text
-    return f"{text} ({type(value).__name__})"
 
 
 def _describe_choices(choices: Iterable[Any]) -> str:

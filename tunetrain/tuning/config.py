@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError, did_you_mean
+from tunetrain.errors import ConfigError, did_you_mean, show_value
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
@@ -189,8 +189,10 @@ class SearchConfig:
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"`{where}` is {_show(raw)}, but must be a mapping with keys {', '.join(_FIELDS)}")
-        problems = [f"`{where}.{key}` is not a search key{_suggest(key, _FIELDS)}" for key in raw if key not in _FIELDS]
+            raise ConfigError(f"`{where}` is {show_value(raw)}, but must be a mapping with keys {', '.join(_FIELDS)}")
+        problems = [
+            f"`{where}.{key}` is not a search key{did_you_mean(key, _FIELDS)}" for key in raw if key not in _FIELDS
+        ]
         values = _search_values({key: raw[key] for key in _FIELDS if key in raw}, where, problems)
         settings = {**_fields_of(SearchConfig()), **values}
         settings["points_to_evaluate"] = _checked_points(settings["points_to_evaluate"], space, where, problems)
@@ -365,7 +367,7 @@ def _scheduler(value: Any, path: str, problems: list[str]) -> Any:
         return _INVALID if kind is _INVALID else SchedulerConfig(type=kind)
     if not isinstance(value, Mapping):
         problems.append(
-            f"`{path}` is {_show(value)}, but must be asha, none, or a mapping such as "
+            f"`{path}` is {show_value(value)}, but must be asha, none, or a mapping such as "
             "{type: asha, grace_period: 1, reduction_factor: 3}"
         )
         return _INVALID
@@ -378,7 +380,7 @@ def _resources(value: Any, path: str, problems: list[str]) -> Any:
     if value is None:
         return Resources()
     if not isinstance(value, Mapping):
-        problems.append(f"`{path}` is {_show(value)}, but must be a mapping such as {{cpu: 1, gpu: 0.5}}")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a mapping such as {{cpu: 1, gpu: 0.5}}")
         return _INVALID
     return _nested(value, path, problems, _RESOURCE_FIELDS, "resource", _resources_values, Resources)
 
@@ -394,7 +396,7 @@ def _nested(
 ) -> Any:
     """A nested mapping checked key by key, then built (its constructor's own check cannot fail by then)."""
     count_before = len(problems)
-    problems += [f"`{path}.{key}` is not a {noun} key{_suggest(key, keys)}" for key in value if key not in keys]
+    problems += [f"`{path}.{key}` is not a {noun} key{did_you_mean(key, keys)}" for key in value if key not in keys]
     values = parse(value, path, problems)
     return _INVALID if len(problems) > count_before else cls(**values)
 
@@ -420,7 +422,7 @@ def _metric(value: Any, path: str, problems: list[str]) -> Any:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        problems.append(f"`{path}` is {_show(value)}, but must name an evaluation metric such as accuracy")
+        problems.append(f"`{path}` is {show_value(value)}, but must name an evaluation metric such as accuracy")
         return _INVALID
     return value if value.startswith("eval_") else f"eval_{value}"
 
@@ -435,7 +437,7 @@ def _storage(value: Any, path: str, problems: list[str]) -> Any:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value.strip():
-        problems.append(f"`{path}` is {_show(value)}, but must be a directory or a URI such as s3://bucket/runs")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a directory or a URI such as s3://bucket/runs")
         return _INVALID
     return value
 
@@ -445,7 +447,9 @@ def _address(value: Any, path: str, problems: list[str]) -> Any:
         return value
     match = _ADDRESS_RE.match(value) if isinstance(value, str) else None
     if match is None or not 1 <= int(match.group(1)) <= 65535:
-        problems.append(f"`{path}` is {_show(value)}, but must be auto, ray://host:port or host:port (a Ray cluster)")
+        problems.append(
+            f"`{path}` is {show_value(value)}, but must be auto, ray://host:port or host:port (a Ray cluster)"
+        )
         return _INVALID
     return value
 
@@ -455,30 +459,32 @@ def _points(value: Any, path: str, problems: list[str]) -> Any:
     if value is None:
         return []
     if not isinstance(value, (list, tuple)):
-        problems.append(f"`{path}` is {_show(value)}, but must be a list of params mappings")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a list of params mappings")
         return _INVALID
     count_before = len(problems)
     for index, point in enumerate(value):
         if not isinstance(point, Mapping):
-            problems.append(f"`{path}[{index}]` is {_show(point)}, but must be a mapping of param name -> value")
+            problems.append(f"`{path}[{index}]` is {show_value(point)}, but must be a mapping of param name -> value")
     return _INVALID if len(problems) > count_before else [dict(point) for point in value]
 
 
 def _choice(value: Any, path: str, problems: list[str], choices: tuple[str, ...]) -> Any:
     if isinstance(value, str) and value in choices:
         return value
-    problems.append(f"`{path}` is {_show(value)}, but must be one of {' | '.join(choices)}{_suggest(value, choices)}")
+    problems.append(
+        f"`{path}` is {show_value(value)}, but must be one of {' | '.join(choices)}{did_you_mean(value, choices)}"
+    )
     return _INVALID
 
 
 def _integer(value: Any, path: str, problems: list[str], *, minimum: int, maximum: int | None = None) -> Any:
     number = _whole_number(value)
     if number is None:
-        problems.append(f"`{path}` is {_show(value)}, but must be an integer")
+        problems.append(f"`{path}` is {show_value(value)}, but must be an integer")
     elif number < minimum:
-        problems.append(f"`{path}` is {_show(value)}, but must be >= {minimum}")
+        problems.append(f"`{path}` is {show_value(value)}, but must be >= {minimum}")
     elif maximum is not None and number > maximum:
-        problems.append(f"`{path}` is {_show(value)}, but must be <= {maximum}")
+        problems.append(f"`{path}` is {show_value(value)}, but must be <= {maximum}")
     else:
         return number
     return _INVALID
@@ -490,12 +496,12 @@ def _number(
     """An int stays an int, a float (or a numeric string: YAML 1.1 reads `1e3` as one) becomes a float."""
     number = _real_number(value)
     if number is None:
-        problems.append(f"`{path}` is {_show(value)}, but must be a number")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a number")
     elif not math.isfinite(number):
-        problems.append(f"`{path}` is {_show(value)}, but must be a finite number")
+        problems.append(f"`{path}` is {show_value(value)}, but must be a finite number")
     elif number < minimum or (exclusive and number == minimum):
         rule = rule or f"must be {'>' if exclusive else '>='} {minimum}"
-        problems.append(f"`{path}` is {_show(value)}, but {rule}")
+        problems.append(f"`{path}` is {show_value(value)}, but {rule}")
     else:
         return number
     return _INVALID
@@ -627,22 +633,3 @@ def _fields_of(instance: Any) -> dict[str, Any]:
 def _raise_if(problems: list[str]) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def _suggest(word: Any, candidates: tuple[str, ...]) -> str:
-    """`did_you_mean`, also for a key in the wrong case (`GPU`) or cut short (`grace` is only `grace_period`)."""
-    if not isinstance(word, str):
-        return ""
-    word = word.lower()
-    starting = [candidate for candidate in candidates if word and candidate.startswith(word)]
-    return did_you_mean(starting[0] if len(starting) == 1 else word, candidates)
-
-
-def _show(value: Any) -> str:
-    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if value is None or type(value) in (str, int, float, bool):
-        return text
-    return f"{text} ({type(value).__name__})"
