@@ -50,7 +50,8 @@ def test_train_quickstart_end_to_end(tmp_path):
     metrics = summary["metrics"]
     assert metrics["test_accuracy"] > 0.4  # 10 classes: chance is 0.1
     assert (out / "model.safetensors").is_file()
-    assert json.loads((out / "results.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert (out / "experiment.yaml").is_file() and (out / "README.md").is_file()  # the exportable form
     assert ckpt.list_checkpoints(out)
 
 

@@ -23,6 +23,7 @@ _EXPORTS = {
     "Trainer": "tunetrain.loop",
     "TrainingArguments": "tunetrain.args",
     "load_experiment": "tunetrain.experiment",
+    "load_model": "tunetrain.export",
     "load_task": "tunetrain.task",
     "read_results": "tunetrain.results",
     "search": "tunetrain.tuning",
@@ -43,6 +44,7 @@ __all__ = [
     "Trainer",
     "TrainingArguments",
     "load_experiment",
+    "load_model",
     "load_task",
     "read_results",
     "search",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from tunetrain.data import ArrowDataset
     from tunetrain.errors import CheckpointError, ConfigError, TaskError
     from tunetrain.experiment import Experiment, load_experiment
+    from tunetrain.export import load_model
     from tunetrain.loop import Trainer, TrainOutput, train
     from tunetrain.results import SearchResult, read_results
     from tunetrain.space import SearchSpace

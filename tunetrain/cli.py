@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tunetrain", description="Hyperparameter-search-centric training for PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train one run from an experiment file")
-    train.add_argument("experiment", help="the experiment YAML file")
+    train = commands.add_parser("train", help="train one run: an experiment file, an export, or a search's best")
+    train.add_argument(
+        "experiment", help="an experiment YAML file, an export dir, or an experiment dir (its best trial's params)"
+    )
+    train.add_argument("--full-data", action="store_true", help="train on the train and eval splits together")
     train.add_argument("--params", help="params as a JSON object, or the path of a JSON file (default: the space's)")
     train.add_argument(
         "--resume",
@@ -57,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a key of the experiment file, e.g. --set search.num_trials=8 (repeatable)",
     )  # fmt: skip
     search.add_argument("--restart", action="store_true", help="delete the experiment's results and start over")
+
+    export = commands.add_parser("export", help="take trials out of a search as self-contained folders")
+    export.add_argument("experiment_dir", help="the experiment dir (storage/NAME)")
+    export.add_argument("--out", required=True, help="the export dir (must not exist or be empty)")
+    export.add_argument("--trial", help="this trial instead of the best")
+    export.add_argument("--top-k", type=int, metavar="K", help="the best K trials side by side")
+    export.add_argument("--force", action="store_true", help="replace a non-empty export dir")
+
+    report = commands.add_parser("report", help="the top-k table, report.html and plots of a search")
+    report.add_argument("experiment_dir", help="the experiment dir (storage/NAME)")
+    report.add_argument("--out", help="where report.html and the PNGs go (default: the experiment dir)")
+    report.add_argument("--top-k", type=int, default=10, metavar="K", help="rows of the table (default 10)")
     return parser
 
 
@@ -96,30 +111,67 @@ def _setup_logging() -> None:
 
 
 def _train(cli: argparse.Namespace) -> int:
-    from tunetrain.experiment import load_experiment
-
-    experiment = load_experiment(cli.experiment, cli.overrides)
-    params = _params_for(experiment, cli.params)
-    overrides = {"output_dir": cli.output_dir} if cli.output_dir else {}
-    args = experiment.training_arguments(**overrides)
+    experiment, params, default_output = _what_to_train(cli)
+    output_dir = cli.output_dir or default_output
+    args = experiment.training_arguments(**({"output_dir": output_dir} if output_dir else {}))
 
     from tunetrain.loop import Trainer
     from tunetrain.task import load_task
 
     task = load_task(experiment.task)
+    if cli.full_data:
+        task, args = _on_full_data(task, args)
     trainer = Trainer(task, args, experiment.space)
     output = trainer.train(resume_from_checkpoint=cli.resume, trial=params)
     metrics = dict(output.metrics)
     if task.test_dataset is not None:
         # a final fit: the test split is scored once, at the end, never used for selection
         metrics.update(trainer.evaluate(task.test_dataset, metric_key_prefix="test"))
-    _save_final(trainer, params, metrics)
+    _save_final(trainer, experiment, params, metrics)
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
     print(json.dumps({"output_dir": trainer.run_args.output_dir, "params": params, "metrics": shown}, default=str))
     return 0
 
 
+def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None]:
+    """(experiment, params, default output dir) from an experiment file, an export dir or an experiment dir."""
+    from tunetrain.experiment import apply_overrides, experiment_from_dict, load_experiment
+    from tunetrain.export import EXPERIMENT_NAME, read_experiment
+
+    path = Path(cli.experiment)
+    if not path.is_dir():
+        experiment = load_experiment(path, cli.overrides)
+        return experiment, _params_for(experiment, cli.params), None
+    if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
+        experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
+        return experiment, _params_for(experiment, cli.params), str(path / "final")
+    result, experiment = read_experiment(path)  # an experiment dir: the best trial's params
+    experiment = experiment_from_dict(apply_overrides(experiment.to_dict(), cli.overrides))
+    if cli.params is not None:
+        return experiment, _params_for(experiment, cli.params), str(path / "final")
+    if result.best is None:
+        raise ConfigError(f"experiment {str(path)!r} holds no finished trial with a finite metric")
+    print(f"tunetrain: training the best trial {result.best.trial_id} of {path}", file=sys.stderr)
+    return experiment, dict(result.best.params), str(path / "final")
+
+
+def _on_full_data(task: Any, args: Any) -> tuple[Any, Any]:
+    """Train on train + eval: nothing is left to evaluate on, so evaluation and best-model tracking are off."""
+    import dataclasses
+
+    from torch.utils.data import ConcatDataset
+
+    if task.eval_dataset is None:
+        raise ConfigError("--full-data: the task has no eval_dataset to add to its training data")
+    task = dataclasses.replace(task, train_dataset=ConcatDataset([task.train_dataset, task.eval_dataset]))
+    task.eval_dataset = None
+    args = args.replace(eval_strategy="no", load_best_model_at_end=False, early_stopping_patience=None)
+    return task, args
+
+
 def _params_for(experiment: Any, given: str | None) -> dict[str, Any]:
+    if given is None and experiment.params:
+        return dict(experiment.params)
     if given is None:
         params, how = experiment.space.defaults()
         if params:
@@ -150,15 +202,36 @@ def _active_defaults(space: Any, defaults: dict[str, Any], given: dict[str, Any]
     return {k: v for k, v in defaults.items() if k not in given and space.is_active(k, merged)}
 
 
-def _save_final(trainer: Any, params: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """The final model and its metrics beside the checkpoints: `model.safetensors`, `params.json`, `results.json`."""
+def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """The final model in exportable form beside the checkpoints (see `tunetrain.export`)."""
     from safetensors.torch import save_model
+
+    from tunetrain.export import WEIGHTS_NAME, write_model_dir
 
     output_dir = Path(trainer.run_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_model(trainer.accelerator.unwrap_model(trainer.model), str(output_dir / "model.safetensors"))
-    (output_dir / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True))
-    (output_dir / "results.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    save_model(trainer.accelerator.unwrap_model(trainer.model), str(output_dir / WEIGHTS_NAME))
+    write_model_dir(
+        output_dir, experiment, params, metrics, weights=output_dir / WEIGHTS_NAME, source="tunetrain train"
+    )
+
+
+def _export(cli: argparse.Namespace) -> int:
+    from tunetrain.export import export_trials
+
+    paths = export_trials(cli.experiment_dir, cli.out, trial_id=cli.trial, top_k=cli.top_k, force=cli.force)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _report(cli: argparse.Namespace) -> int:
+    from tunetrain.report import summary_text, write_report
+
+    html = write_report(cli.experiment_dir, out_dir=cli.out, top_k=cli.top_k)
+    print(summary_text(cli.experiment_dir, cli.top_k))
+    print(f"report: {html}")
+    return 0
 
 
 def _search(cli: argparse.Namespace) -> int:
@@ -191,7 +264,7 @@ def _search(cli: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "search": _search}
+_COMMANDS = {"train": _train, "search": _search, "export": _export, "report": _report}
 
 
 if __name__ == "__main__":

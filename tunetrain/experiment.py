@@ -6,6 +6,7 @@ task: tunetrain.tasks.mnist1d:cnn      # "module:attr" or "path/to/file.py:attr"
 train: {num_train_epochs: 20, ...}     # fixed TrainingArguments
 space: {learning_rate: {type: float, low: 1.0e-4, high: 0.1, log: true}, ...}
 search: {backend: ray, num_trials: 64, ...}
+params: {learning_rate: 0.01, ...}       # instead of a space: fixed params (what an export writes)
 ```
 
 Loading checks every section and reports all problems it finds together, each naming its key path. Nothing
@@ -27,7 +28,7 @@ from tunetrain.args import TrainingArguments, field_names
 from tunetrain.errors import ConfigError, did_you_mean
 from tunetrain.space import SearchSpace
 
-TOP_LEVEL_KEYS = ("name", "task", "train", "space", "search")
+TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_FILE_BYTES = 1_000_000
 
@@ -41,6 +42,7 @@ class Experiment:
     train: dict[str, Any] = field(default_factory=dict)
     space: SearchSpace = field(default_factory=lambda: SearchSpace.from_mapping(None))
     search: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     def training_arguments(self, **overrides: Any) -> TrainingArguments:
@@ -50,6 +52,8 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "task": self.task, "train": dict(self.train)}
+        if self.params:
+            out["params"] = dict(self.params)
         if not self.space.is_empty:
             out["space"] = self.space.to_dict()
         if self.search:
@@ -129,13 +133,18 @@ def experiment_from_dict(raw: Any) -> Experiment:
     except ConfigError as exc:
         errors.append(str(exc))
     search = _section(raw, "search", errors)
+    params = _section(raw, "params", errors)
+    if params and space is not None and not space.is_empty:
+        errors.append("`params` and `space` are both given, but params fixes what a space would search: keep one")
+    for key in sorted(set(train) & set(params)):
+        errors.append(f"`train.{key}` is fixed, and `params.{key}` sets it again: keep one")
     if space is not None:
         fixed_and_searched = sorted(set(train) & set(space.names))
         for key in fixed_and_searched:
             errors.append(f"`train.{key}` is fixed, but `space.{key}` searches it: remove one of them")
     if errors:
         raise ConfigError("; ".join(errors))
-    return Experiment(name=name, task=task, train=train, space=space, search=search)
+    return Experiment(name=name, task=task, train=train, space=space, search=search, params=params)
 
 
 def _check_name(name: Any, errors: list[str]) -> str:

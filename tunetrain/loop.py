@@ -54,7 +54,7 @@ class Trainer:
 
     `reporters` are extra `Reporter`s (a search driver's); the console (unless `console=False`: a search shows its
     own progress), TensorBoard (per `report_to`) and, for an `optuna.Trial`, Optuna reporters are added by
-    `train()`.
+    `train()`. `model` is a model to `evaluate()` without training (e.g. `tunetrain.load_model(DIR)`).
     """
 
     def __init__(
@@ -65,6 +65,7 @@ class Trainer:
         *,
         reporters: list[Reporter] | None = None,
         console: bool = True,
+        model: torch.nn.Module | None = None,
     ) -> None:
         self.task = load_task(task)
         self.console = console
@@ -73,7 +74,8 @@ class Trainer:
             raise ConfigError(f"`args` is a {type(self.args).__name__}, but must be a TrainingArguments")
         self.space = space
         self.reporters = list(reporters or [])
-        self.model: torch.nn.Module | None = None
+        self.model = model  # scored by evaluate() before any train(); train() builds a fresh one with model_init
+        self._prepared_model: torch.nn.Module | None = None
         self.params: dict[str, Any] = {}
         self.state = ckpt.TrainerState()
         self.accelerator: Accelerator | None = None
@@ -115,10 +117,13 @@ class Trainer:
         dataset = dataset if dataset is not None else self.task.eval_dataset
         if dataset is None:
             raise ConfigError(f"no dataset to evaluate: task {self.task.name!r} has no eval_dataset")
-        if self.model is None:
+        if self.accelerator is None:
             self._setup_accelerator(self.run_args)
+        if self.model is None:
             _set_seed(self.run_args.seed)
-            self.model = self.accelerator.prepare_model(self._build_model(self.params))
+            self.model = self._build_model(self.params)
+        if self.model is not self._prepared_model:  # a model given, or built here: device placement once
+            self.model = self._prepared_model = self.accelerator.prepare_model(self.model)
         return self._evaluate(dataset, ignore_keys, metric_key_prefix)
 
     # ------------------------------------------------------------------ the loop
@@ -137,7 +142,7 @@ class Trainer:
         accelerator = self.accelerator
         _set_seed(args.seed)
         model = accelerator.prepare_model(self._build_model(model_params))
-        self.model = model
+        self.model = self._prepared_model = model
         train_loader, epoch_generator = self._train_loader(batch_size, args)
         num_batches = len(train_loader)
         accum = args.gradient_accumulation_steps
@@ -215,6 +220,7 @@ class Trainer:
         runtime = time.perf_counter() - start_time
         metrics = {
             "train_runtime": round(runtime, 4),
+            "train_samples": samples_seen,
             "train_samples_per_second": round(samples_seen / runtime, 3) if runtime else 0.0,
             "train_steps_per_second": round(steps_done / runtime, 3) if runtime else 0.0,
             "train_loss": training_loss,

@@ -42,6 +42,7 @@ class TrialRecord:
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
+    _experiment_dir: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def metric(self) -> float | None:
@@ -52,6 +53,15 @@ class TrialRecord:
     def checkpoint(self) -> str | None:
         return self.best_checkpoint
 
+    def export(self, out_dir: str | Path, *, force: bool = False) -> Path:
+        """This trial's best checkpoint as a self-contained folder (see `tunetrain.export`)."""
+        from tunetrain.export import export_trials
+
+        if self._experiment_dir is None:
+            raise ConfigError(f"trial {self.trial_id!r} was not read from an experiment dir: nothing to export")
+        (path,) = export_trials(self._experiment_dir, out_dir, trial_id=self.trial_id, force=force)
+        return path
+
 
 @dataclass
 class SearchResult:
@@ -61,6 +71,10 @@ class SearchResult:
     metric: str
     mode: str
     trials: list[TrialRecord]
+
+    def __post_init__(self) -> None:
+        for trial in self.trials:
+            trial._experiment_dir = self.experiment_dir
 
     @property
     def best(self) -> TrialRecord | None:
@@ -280,6 +294,7 @@ def _schemas() -> tuple[Any, Any]:
 
 def _record_row(record: TrialRecord) -> dict[str, Any]:
     row = asdict(record)
+    row.pop("_experiment_dir")
     row["params"] = json.dumps(record.params, sort_keys=True, default=str)
     return row
 

@@ -1,0 +1,109 @@
+"""Export, load_model, the final fit from an experiment or export dir, and their bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TESTS
+
+from tunetrain import CheckpointError, ConfigError, Trainer, TrainingArguments, load_model, load_task, read_results
+from tunetrain.cli import main
+from tunetrain.experiment import experiment_from_dict
+from tunetrain.export import export_trials
+from tunetrain.tuning import search
+
+TINY = f"{TESTS / 'tiny_task.py'}:task"
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory) -> Path:
+    """A small finished search (in-process Optuna backend: no Ray needed here)."""
+    storage = tmp_path_factory.mktemp("storage")
+    experiment = experiment_from_dict(
+        {
+            "name": "tiny-export",
+            "task": TINY,
+            "train": {"num_train_epochs": 4, "per_device_train_batch_size": 16, "eval_strategy": "epoch",
+                      "logging_strategy": "no", "metric_for_best_model": "accuracy", "report_to": "none"},
+            "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 0.3, "log": True},
+                      "hidden": {"type": "int", "low": 4, "high": 32}},
+            "search": {"backend": "optuna", "num_trials": 4, "storage": str(storage), "scheduler": "none"},
+        }
+    )  # fmt: skip
+    search(experiment)
+    return storage / "tiny-export"
+
+
+def _eval_metric(model, metric: str) -> float:
+    """The exported model scored on the task's eval split, as the search scored it."""
+    args = TrainingArguments(output_dir="/tmp/unused", per_device_eval_batch_size=32)
+    return Trainer(load_task(TINY), args, model=model).evaluate()[metric]
+
+
+def test_export_the_best_trial_and_load_it_back(experiment_dir, tmp_path):
+    result = read_results(experiment_dir)
+    out = result.best.export(tmp_path / "best")
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "params.json", "metrics.json",
+                                               "experiment.yaml", "README.md"}  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trial_id"] == result.best.trial_id
+    assert metrics["best_metric"] == result.best.metric == max(t.best_metric for t in result.trials)
+    assert json.loads((out / "params.json").read_text()) == result.best.params
+    # the weights are the best checkpoint's (not the last): they score exactly the exported metric
+    assert _eval_metric(load_model(out), "eval_accuracy") == metrics["best_metric"]
+    assert "tunetrain.load_model" in (out / "README.md").read_text()
+
+
+def test_the_exported_experiment_retrains_to_the_same_metric(experiment_dir, tmp_path, capsys):
+    out = export_trials(experiment_dir, tmp_path / "best")[0]
+    assert main(["train", str(out / "experiment.yaml"), "--output-dir", str(tmp_path / "again")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["metrics"]["best_metric"] == json.loads((out / "metrics.json").read_text())["best_metric"]
+
+
+def test_final_fit_from_an_experiment_dir_on_full_data(experiment_dir, tmp_path, capsys):
+    code = main(["train", str(experiment_dir), "--full-data", "--set", "train.num_train_epochs=2",
+                 "--output-dir", str(tmp_path / "final")])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "training the best trial" in captured.err
+    metrics = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert metrics["train_samples"] == 2 * (240 + 60)  # both splits, two epochs
+    assert "test_accuracy" in metrics and "eval_accuracy" not in metrics
+    assert json.loads((tmp_path / "final" / "params.json").read_text()) == read_results(experiment_dir).best.params
+    assert load_model(tmp_path / "final") is not None  # the final fit is in exportable form too
+
+
+def test_top_k_side_by_side(experiment_dir, tmp_path):
+    paths = export_trials(experiment_dir, tmp_path / "top", top_k=3)
+    ranked = read_results(experiment_dir).ranked()
+    assert [p.name for p in paths] == [f"rank-{i}-{t.trial_id}" for i, t in enumerate(ranked[:3], start=1)]
+    assert all((p / "model.safetensors").is_file() for p in paths)
+
+
+def test_bad_export_input(experiment_dir, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="does not exist"):
+        export_trials(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"trial 'nope' is not in"):
+        export_trials(experiment_dir, tmp_path / "out", trial_id="nope")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert main(["export", str(experiment_dir), "--out", str(tmp_path / "full")]) == 2
+    assert "exists and is not empty (use --force" in capsys.readouterr().err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert main(["export", str(experiment_dir), "--out", str(tmp_path / "full"), "--force"]) == 0
+    empty = tmp_path / "empty-experiment"
+    empty.mkdir()
+    (empty / "search.json").write_text(json.dumps({"experiment": {"name": "e", "task": TINY}}))
+    with pytest.raises(ConfigError, match=r"has no results\.parquet"):
+        export_trials(empty, tmp_path / "out2")
+
+
+def test_weights_that_do_not_fit_the_model(experiment_dir, tmp_path):
+    out = export_trials(experiment_dir, tmp_path / "best")[0]
+    params = json.loads((out / "params.json").read_text())
+    (out / "params.json").write_text(json.dumps({**params, "hidden": params["hidden"] + 1}))
+    with pytest.raises(CheckpointError, match="from a different model"):
+        load_model(out)

@@ -1,0 +1,193 @@
+"""Taking a trial out of a search: a self-contained folder, and the model loaded back from it.
+
+An export folder holds:
+- `model.safetensors`: the weights of the trial's best checkpoint (by the search metric, not its last one),
+- `params.json`: the trial's params,
+- `metrics.json`: best and last metric, evaluations run, status, the search metric and mode,
+- `experiment.yaml`: the experiment with its space replaced by the fixed params, so that
+  `tunetrain train DIR/experiment.yaml` re-trains the same run,
+- `README.md`: a short card (task, params, metric, how to load).
+
+`load_model(DIR)` rebuilds the model through the task's factory and loads the weights; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tunetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunetrain.experiment import Experiment
+    from tunetrain.results import SearchResult, TrialRecord
+
+WEIGHTS_NAME = "model.safetensors"
+PARAMS_NAME = "params.json"
+METRICS_NAME = "metrics.json"
+EXPERIMENT_NAME = "experiment.yaml"
+CARD_NAME = "README.md"
+
+
+def export_trials(
+    experiment_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    trial_id: str | None = None,
+    top_k: int | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL)."""
+    result, experiment = read_experiment(experiment_dir)
+    if trial_id is not None:
+        chosen = [t for t in result.trials if t.trial_id == trial_id]
+        if not chosen:
+            known = ", ".join(t.trial_id for t in result.trials[:10])
+            raise ConfigError(f"trial {trial_id!r} is not in {str(experiment_dir)!r} (its trials: {known})")
+    else:
+        chosen = result.ranked()[: top_k or 1]
+        if not chosen:
+            raise ConfigError(f"experiment {str(experiment_dir)!r} holds no finished trial with a finite metric")
+    out_dir = _empty_dir(Path(out_dir), force)
+    if top_k is None or trial_id is not None:
+        return [write_export(out_dir, experiment, result, chosen[0])]
+    return [
+        write_export(out_dir / f"rank-{rank}-{trial.trial_id}", experiment, result, trial)
+        for rank, trial in enumerate(chosen, start=1)
+    ]
+
+
+def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
+    """The results and the experiment (as the search started it) of an experiment directory."""
+    from tunetrain.experiment import experiment_from_dict
+    from tunetrain.results import read_results
+
+    path = Path(experiment_dir)
+    if not path.is_dir():
+        raise ConfigError(f"experiment dir {str(path)!r} does not exist")
+    state_file = path / "search.json"
+    if not state_file.is_file():
+        raise ConfigError(f"{str(path)!r} is not an experiment dir: it has no search.json")
+    experiment = experiment_from_dict(json.loads(state_file.read_text())["experiment"])
+    return read_results(path), experiment
+
+
+def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord) -> Path:
+    """One trial's export folder (see the module docstring)."""
+    checkpoint = Path(trial.best_checkpoint or "")
+    if not trial.best_checkpoint or not (checkpoint / WEIGHTS_NAME).is_file():
+        raise ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({checkpoint})")
+    metrics = {
+        "trial_id": trial.trial_id,
+        "metric": result.metric,
+        "mode": result.mode,
+        "best_metric": trial.best_metric,
+        "last_metric": trial.last_metric,
+        "best_step": trial.best_step,
+        "evaluations": trial.evaluations,
+        "status": trial.status,
+    }
+    write_model_dir(
+        out_dir, experiment, trial.params, metrics, weights=checkpoint / WEIGHTS_NAME, source=trial.best_checkpoint
+    )
+    return out_dir
+
+
+def write_model_dir(
+    out_dir: Path,
+    experiment: Experiment,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    weights: Path,
+    source: str,
+) -> None:
+    """The exportable form of a model: weights, params, metrics, a re-runnable experiment file and a card."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if weights.resolve() != (out_dir / WEIGHTS_NAME).resolve():
+        shutil.copyfile(weights, out_dir / WEIGHTS_NAME)
+    (out_dir / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
+    (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    fixed = _fixed_experiment(experiment, params)
+    header = f"# tunetrain train {out_dir / EXPERIMENT_NAME}\n# {experiment.name} with fixed params, from {source}\n"
+    (out_dir / EXPERIMENT_NAME).write_text(header + yaml.safe_dump(fixed, sort_keys=False))
+    (out_dir / CARD_NAME).write_text(_card(experiment, params, metrics, out_dir))
+
+
+def load_model(model_dir: str | Path) -> torch.nn.Module:
+    """The exported model: built by the task's factory with the exported params, weights loaded (no pickle)."""
+    from tunetrain import checkpoint as ckpt
+    from tunetrain.args import field_names
+    from tunetrain.experiment import load_experiment
+    from tunetrain.task import load_task
+
+    path = Path(model_dir)
+    for name in (WEIGHTS_NAME, PARAMS_NAME, EXPERIMENT_NAME):
+        if not (path / name).is_file():
+            raise ConfigError(f"{str(path)!r} is not an exported model: it has no {name}")
+    experiment = load_experiment(path / EXPERIMENT_NAME)
+    params = json.loads((path / PARAMS_NAME).read_text())
+    task = load_task(experiment.task)
+    model = task.model_init({k: v for k, v in params.items() if k not in field_names()})
+    ckpt.load_weights(model, path / WEIGHTS_NAME)
+    model.eval()
+    return model
+
+
+def _fixed_experiment(experiment: Experiment, params: dict[str, Any]) -> dict[str, Any]:
+    """The experiment as a dict, its space replaced by `params` (TrainingArguments fields go to `train`)."""
+    from tunetrain.args import field_names
+
+    fixed = experiment.to_dict()
+    fixed.pop("space", None)
+    fixed.pop("search", None)
+    fixed["train"] = {**fixed.get("train", {}), **{k: v for k, v in params.items() if k in field_names()}}
+    model_params = {k: v for k, v in params.items() if k not in field_names()}
+    if model_params:
+        fixed["params"] = model_params
+    else:
+        fixed.pop("params", None)
+    return fixed
+
+
+def _empty_dir(path: Path, force: bool) -> Path:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not force:
+            raise ConfigError(f"export dir {str(path)!r} exists and is not empty (use --force to replace it)")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _card(experiment: Experiment, params: dict[str, Any], metrics: dict[str, Any], out_dir: Path) -> str:
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(params.items()))
+    shown = {k: v for k, v in metrics.items() if v is not None}
+    metric_rows = "\n".join(f"| {k} | {v} |" for k, v in shown.items())
+    return f"""# {experiment.name}
+
+Task: `{experiment.task}`
+
+## Params
+| param | value |
+|---|---|
+{rows}
+
+## Metrics
+| | |
+|---|---|
+{metric_rows}
+
+## Use
+```python
+import tunetrain
+model = tunetrain.load_model("{out_dir}")   # the task's model with these weights, in eval mode
+```
+Re-train the same run: `tunetrain train {out_dir / EXPERIMENT_NAME}`; a final fit on train + eval data with a
+longer budget: `tunetrain train {out_dir} --full-data --set train.num_train_epochs=N`.
+"""
