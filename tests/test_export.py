@@ -107,3 +107,14 @@ def test_weights_that_do_not_fit_the_model(experiment_dir, tmp_path):
     (out / "params.json").write_text(json.dumps({**params, "hidden": params["hidden"] + 1}))
     with pytest.raises(CheckpointError, match="from a different model"):
         load_model(out)
+
+
+def test_report_command(experiment_dir, tmp_path, capsys):
+    assert main(["report", str(experiment_dir), "--out", str(tmp_path / "report"), "--top-k", "3"]) == 0
+    printed = capsys.readouterr().out
+    best = read_results(experiment_dir).best
+    assert best.trial_id in printed and "report.html" in printed
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert best.trial_id in html and html.count('<img src="data:image/png;base64,') == 3
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err

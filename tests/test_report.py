@@ -1,0 +1,271 @@
+"""Tests for `tunetrain.report`: the data the figures draw, the PNGs and html it writes, and its errors.
+
+The experiment is made by a `ResultsBook` as a search would make it (no Ray, no training): six trials that
+completed, were pruned at evaluation 1 and 3, errored, and one still running.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunetrain.errors import ConfigError
+from tunetrain.report import (
+    BEST_SO_FAR_PNG,
+    CURVES_PNG,
+    PARAMS_PNG,
+    best_so_far_data,
+    learning_curve_data,
+    param_scale,
+    summary_text,
+    write_report,
+)
+from tunetrain.results import ResultsBook, read_history, read_results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ERROR_MESSAGE = "ValueError: loss is <nan> & the run diverged"
+# trial id -> (params, accuracy per evaluation, final status); t1 is the best (0.91 at its evaluation 4); the
+# trials report one after another, so the best-so-far curve takes their evaluations in this order
+TRIALS = {
+    "t0": ({"lr": 1e-4, "layers": 2, "act": "relu"}, [0.50, 0.60, 0.66, 0.70, 0.72], "completed"),
+    "t1": ({"lr": 3e-3, "layers": 4, "act": "gelu"}, [0.60, 0.78, 0.86, 0.91, 0.90], "completed"),
+    "t2": ({"lr": 1e-5, "layers": 1, "act": "relu"}, [0.20], "pruned"),
+    "t3": ({"lr": 2e-2, "layers": 3, "act": "tanh"}, [0.40, 0.45, 0.47], "stopped_early"),
+    "t4": ({"lr": 9e-2, "layers": 2, "act": "gelu"}, [0.30, 0.95], "errored"),  # errored trials never rank
+    "t5": ({"lr": 1e-3, "layers": 3, "act": "relu"}, [0.55, 0.70], "running"),
+}
+
+
+def _write_experiment(path: Path, trials: dict = TRIALS) -> Path:
+    path.mkdir(parents=True, exist_ok=True)  # the search makes the experiment dir before its ResultsBook
+    book = ResultsBook(str(path), metric="accuracy", mode="max", min_interval_s=0.0)
+    for number, (trial_id, (params, values, status)) in enumerate(trials.items()):
+        book.start(trial_id, number, params)
+        for evaluation, value in enumerate(values, start=1):
+            book.report(trial_id, {"accuracy": value, "evaluation": evaluation, "step": 10 * evaluation})
+        if status != "running":
+            book.finish(trial_id, status, error=ERROR_MESSAGE if status == "errored" else None)
+    book.flush(force=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_experiment(tmp_path_factory.mktemp("exp") / "mnist_search")
+
+
+@pytest.fixture(scope="module")
+def report(experiment: Path) -> Path:
+    return write_report(experiment, top_k=4)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return imread(str(path))[..., :3]  # RGB floats in [0, 1]
+
+
+def _distinct_colors(pixels: np.ndarray) -> int:
+    codes = np.round(pixels * 255).astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])  # np.unique(axis=0) is slow
+    return len(np.unique(codes))
+
+
+def _count_color(pixels: np.ndarray, hex_color: str, tolerance: float = 0.03) -> int:
+    """How many pixels are (nearly) this color."""
+    rgb = np.array([int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    return int((np.abs(pixels - rgb).max(axis=-1) < tolerance).sum())
+
+
+# --- data the figures draw -----------------------------------------------------------------------------------------
+
+
+def test_curves_end_where_each_trial_stopped_and_carry_its_status(experiment: Path) -> None:
+    curves = learning_curve_data(read_results(experiment), read_history(experiment))
+    assert list(curves) == list(TRIALS)
+    for trial_id, (_, values, _) in TRIALS.items():
+        assert curves[trial_id].x == list(range(1, len(values) + 1))
+        assert curves[trial_id].y == pytest.approx(values)
+    assert curves["t2"].x[-1] == 1 and curves["t2"].style == "stopped"  # pruned at its first rung
+    assert curves["t3"].x[-1] == 3 and curves["t3"].style == "stopped"
+    assert [curves[t].style for t in ("t0", "t4", "t5")] == ["completed", "errored", "running"]
+
+
+def test_a_trial_that_has_not_reported_has_no_curve(tmp_path: Path) -> None:
+    trials = {**TRIALS, "t6": ({"lr": 1e-3, "layers": 1, "act": "relu"}, [], "running")}
+    experiment = _write_experiment(tmp_path / "exp", trials)
+    curves = learning_curve_data(read_results(experiment), read_history(experiment))
+    assert "t6" not in curves and len(curves) == 6
+
+
+def test_param_scale() -> None:
+    assert param_scale([1e-5, 3e-3, 9e-2]) == "log"  # > 2 decades
+    assert param_scale([1e-3, 5e-2]) == "linear"  # less than 2 decades
+    assert param_scale([0.0, 1e-5, 0.1]) == "linear"  # 0 cannot go on a log axis
+    assert param_scale([1, 2, 4]) == "linear"
+    assert param_scale(["relu", "gelu"]) == "category"
+    assert param_scale([True, False]) == "category"
+
+
+def test_best_so_far_counts_every_evaluation_and_never_ranks_errored_ones(experiment: Path) -> None:
+    xs, ys = best_so_far_data(read_results(experiment), read_history(experiment))
+    evaluations = sum(len(values) for _, values, _ in TRIALS.values())
+    assert xs == list(range(1, evaluations + 1))
+    t0 = [0.50, 0.60, 0.66, 0.70, 0.72]
+    t1 = [0.72, 0.78, 0.86, 0.91, 0.91]
+    assert ys == pytest.approx(t0 + t1 + [0.91] * 8)  # t4's 0.95 is compute spent, not a best
+
+
+def test_best_so_far_for_a_min_metric(tmp_path: Path) -> None:
+    book = ResultsBook(str(tmp_path), metric="loss", mode="min", min_interval_s=0.0)
+    book.start("a", 0, {"lr": 0.1})
+    for evaluation, value in enumerate([3.0, float("nan"), 2.0, 2.5], start=1):
+        book.report("a", {"loss": value, "evaluation": evaluation})
+    book.finish("a", "completed")
+    _, ys = best_so_far_data(read_results(tmp_path), read_history(tmp_path))
+    assert ys == [3.0, 3.0, 2.0, 2.0]
+
+
+# --- the files -----------------------------------------------------------------------------------------------------
+
+
+def test_report_goes_into_the_experiment_dir_by_default(experiment: Path, report: Path) -> None:
+    assert report == experiment / "report.html"
+    for name in (CURVES_PNG, PARAMS_PNG, BEST_SO_FAR_PNG):
+        assert (experiment / name).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("name", [CURVES_PNG, PARAMS_PNG, BEST_SO_FAR_PNG])
+def test_pngs_are_not_blank(report: Path, name: str) -> None:
+    pixels = _pixels(report.parent / name)
+    assert _distinct_colors(pixels) > 3
+    background = pixels[0, 0]
+    assert np.all(background > 0.99)  # white
+    changed = (np.abs(pixels - background).max(axis=-1) > 0.1).mean()
+    assert changed > 0.02, f"only {changed:.2%} of {name} differs from the background"
+
+
+def test_learning_curves_draw_every_status_and_the_best_trial(report: Path) -> None:
+    pixels = _pixels(report.parent / CURVES_PNG)
+    for color in ("#1f77b4", "#d62728", "#2ca02c", "#000000"):  # completed, errored, running, best
+        assert _count_color(pixels, color) > 100, color
+    # stopped trials: lines in a lighter orange (alpha 0.45 on white), only their 'x' markers in full orange
+    lighter, full = "#" + "".join(f"{round(255 - 0.45 * (255 - c)):02x}" for c in (0xFF, 0x7F, 0x0E)), "#ff7f0e"
+    assert _count_color(pixels, lighter) > 2 * _count_color(pixels, full) > 0
+
+
+def test_html_is_self_contained_and_shows_the_search(report: Path) -> None:
+    page = report.read_text()
+    assert "<title>mnist_search: search report</title>" in page
+    assert "metric <b>accuracy</b> (mode max" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 3
+    assert not re.search(r"https?://|<script|<link|src=\"(?!data:)", page)
+    top = page[page.index('<table class="top">') : page.index("</table>")]
+    assert top.index("t1") < top.index("t0") and "0.91" in top  # best first
+    assert "t4" not in top
+    assert top.count("<tr") == 1 + 4  # header + top_k rows
+    for count, status in [(2, "completed"), (1, "pruned"), (1, "stopped_early"), (1, "errored"), (1, "running")]:
+        assert f'class="badge {status}">{count} {status}</span>' in page
+    assert "still running, or left running" in page
+
+
+def test_html_escapes_the_error_message(report: Path) -> None:
+    page = report.read_text()
+    errors = page[page.index('<table class="errors">') :]
+    assert "t4" in errors
+    assert "loss is &lt;nan&gt; &amp; the run diverged" in errors
+    assert "<nan>" not in page
+
+
+def test_out_dir_and_summary_text(experiment: Path, tmp_path: Path) -> None:
+    path = write_report(experiment, out_dir=tmp_path / "out" / "nested", top_k=2)
+    assert path == tmp_path / "out" / "nested" / "report.html"
+    assert {p.name for p in path.parent.iterdir()} == {"report.html", CURVES_PNG, PARAMS_PNG, BEST_SO_FAR_PNG}
+    text = summary_text(experiment, top_k=2)
+    header, table_header, first, second = text.splitlines()
+    assert header == (
+        "mnist_search: 6 trials (1 running, 2 completed, 1 stopped_early, 1 pruned, 1 errored); "
+        "accuracy, higher is better"
+    )
+    assert table_header.split() == ["trial", "accuracy", "status", "evals", "act", "layers", "lr"]
+    assert first.split()[:2] == ["t1", "0.91"] and second.split()[0] == "t0"
+
+
+def test_a_search_with_only_running_trials_is_reported(tmp_path: Path) -> None:
+    running = {k: (p, v, "running") for k, (p, v, _) in TRIALS.items() if k in ("t0", "t1")}
+    page = write_report(_write_experiment(tmp_path / "exp", running)).read_text()
+    assert 'class="badge running">2 running</span>' in page and "<p>none</p>" in page  # no errored trials
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def test_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^experiment dir '.*nope' does not exist$"):
+        write_report(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        summary_text(tmp_path / "nope")
+
+
+def test_dir_without_results(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"holds no search results \(no results.parquet\)$"):
+        write_report(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("trials", "hint"),
+    [
+        ({"a": ({"lr": 0.1}, [], "running")}, ""),
+        ({"a": ({"lr": 0.1}, [math.nan, math.inf], "completed")}, ""),
+        ({"a": ({"lr": 0.1}, [0.5], "errored")}, r" \(1 trial\(s\) errored, the first with: ValueError: loss is"),
+    ],
+)
+def test_no_finished_evaluation(tmp_path: Path, trials: dict, hint: str) -> None:
+    experiment = _write_experiment(tmp_path / "exp", trials)
+    with pytest.raises(ConfigError, match=r"has no trial with a finished evaluation yet" + hint):
+        write_report(experiment)
+    assert not (experiment / "report.html").exists()
+
+
+# --- in a browser --------------------------------------------------------------------------------------------------
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): the report is not rendered in a browser")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    command = [binary, *flags, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+
+
+def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    url = report.resolve().as_uri()
+    done = _chromium(f"--screenshot={shot}", "--window-size=1200,2000", url, profile=tmp_path / "profile")
+    assert shot.is_file(), done.stderr[-2000:]
+    pixels = _pixels(shot)
+    assert pixels.shape[:2] == (2000, 1200)
+    assert _distinct_colors(pixels) > 50  # text, badges and the embedded plots
+    assert _count_color(pixels, "#fff6d5", tolerance=0.01) > 1000  # the best row of the top-k table
+    dom = _chromium("--dump-dom", url, profile=tmp_path / "profile2").stdout
+    assert '<table class="top">' in dom and "t1" in dom
+    assert dom.count('<img src="data:image/png;base64,') == 3
+
+
+def test_importing_and_reporting_leave_pyplot_alone(experiment: Path, tmp_path: Path) -> None:
+    # the module imports no matplotlib, and the report draws on Figure objects: a notebook's backend is untouched
+    code = (
+        "import sys; import tunetrain.report as r; assert 'matplotlib' not in sys.modules; "
+        f"r.write_report({str(experiment)!r}, out_dir={str(tmp_path)!r}); assert 'matplotlib.pyplot' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "report.html").is_file()

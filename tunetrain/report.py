@@ -1,0 +1,454 @@
+"""`tunetrain report`: what a search did, as a top-k table on the console and a self-contained `report.html`.
+
+The report reads only `results.parquet` and `history.parquet`, so it works on a finished search, on one still
+running and on one that was killed (its trials left 'running' are drawn and labelled as such). It writes three
+PNGs next to the html (`learning_curves.png`, `params.png`, `best_so_far.png`) and embeds them in it as data
+URIs: the html can be mailed or attached alone, it loads nothing from the network.
+
+Figures are built as `matplotlib.figure.Figure` objects and never touch pyplot: that renders with Agg without
+calling `matplotlib.use` (which would switch the backend of a notebook that imports us) and leaves no figure
+behind in pyplot's global registry to close.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from tunetrain.errors import ConfigError
+from tunetrain.results import HISTORY_NAME, RESULTS_NAME, STATUSES, read_history, read_results
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from tunetrain.results import SearchResult, TrialRecord
+
+REPORT_NAME = "report.html"
+CURVES_PNG = "learning_curves.png"
+PARAMS_PNG = "params.png"
+BEST_SO_FAR_PNG = "best_so_far.png"
+DPI = 100
+
+# how a trial's curve is drawn, by what happened to it; stopped trials are lighter and end in an 'x'
+STYLE_OF_STATUS = {
+    "completed": "completed",
+    "pruned": "stopped",
+    "stopped_early": "stopped",
+    "errored": "errored",
+    "running": "running",
+}
+_LINE_STYLES: dict[str, dict[str, Any]] = {
+    "completed": {"color": "#1f77b4", "alpha": 1.0, "linewidth": 1.4, "linestyle": "-"},
+    "stopped": {"color": "#ff7f0e", "alpha": 0.45, "linewidth": 1.1, "linestyle": "-"},
+    "errored": {"color": "#d62728", "alpha": 1.0, "linewidth": 1.4, "linestyle": "--"},
+    "running": {"color": "#2ca02c", "alpha": 1.0, "linewidth": 1.4, "linestyle": "-"},
+}
+_LEGEND_LABELS = {
+    "completed": "completed",
+    "stopped": "stopped early (x: its last rung)",
+    "errored": "errored",
+    "running": "running (>: latest evaluation)",
+}
+_BEST_COLOR = "#000000"
+
+
+class Curve(NamedTuple):
+    """One trial's learning curve: evaluation numbers, metric values, and its style (a key of `_LINE_STYLES`)."""
+
+    x: list[int]
+    y: list[float]
+    style: str
+
+
+# ---------------------------------------------------------------------- public API
+
+
+def summary_text(experiment_dir: str | Path, top_k: int = 10) -> str:
+    """A one-line header (trials per status, metric, best) and the top-k table, as `tunetrain report` prints."""
+    result, _ = _load(experiment_dir)
+    return f"{_header_line(result)}\n{result.table(top_k)}"
+
+
+def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = None, top_k: int = 10) -> Path:
+    """Write `report.html` and its three PNGs into `out_dir` (default: the experiment dir); return the html path.
+
+    Raises `ConfigError` when the experiment dir does not exist, holds no `results.parquet`, or has no trial
+    with a finite value of the search metric yet.
+    """
+    result, history = _load(experiment_dir)
+    out = Path(out_dir) if out_dir is not None else Path(experiment_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {
+        CURVES_PNG: _save(_curves_figure(result, history), out / CURVES_PNG),
+        PARAMS_PNG: _save(_params_figure(result), out / PARAMS_PNG),
+        BEST_SO_FAR_PNG: _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG),
+    }
+    page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
+    path = out / REPORT_NAME
+    tmp = path.with_name(f"{REPORT_NAME}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # a browser reloading the report of a running search never sees half a page
+    return path
+
+
+# ---------------------------------------------------------------------- data the figures draw
+
+
+def learning_curve_data(result: SearchResult, history: list[dict[str, Any]]) -> dict[str, Curve]:
+    """Every trial's metric against its evaluation number, keyed by trial id, in trial order.
+
+    A stopped trial's curve ends at the evaluation it was stopped after (its rung); a trial that has not
+    reported yet has no curve. A missing metric value is NaN (a gap in the line).
+    """
+    rows: dict[str, list[tuple[int, float]]] = {}
+    for row in history:
+        value = row.get("metric")
+        rows.setdefault(row["trial_id"], []).append((int(row["evaluation"]), math.nan if value is None else value))
+    curves = {}
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        points = sorted(rows.get(trial.trial_id, []))
+        if points:
+            curves[trial.trial_id] = Curve([p[0] for p in points], [p[1] for p in points], _style(trial))
+    return curves
+
+
+def param_scale(values: list[Any]) -> str:
+    """How a param's axis is drawn: 'category' (any non-number), 'log' (positive, > 2 decades) or 'linear'."""
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return "category"
+    low, high = min(values), max(values)
+    if low > 0 and high / low > 100:
+        return "log"
+    return "linear"
+
+
+def best_so_far_data(result: SearchResult, history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """The best metric after each evaluation of the whole search, evaluations taken in the order they finished.
+
+    x counts evaluations across all trials (the compute spent); an errored trial's evaluations count as compute
+    but never as a best, as in `SearchResult.ranked`. y is NaN until the first finite value.
+    """
+    status = {t.trial_id: t.status for t in result.trials}
+    best, ys = math.nan, []
+    for row in _in_order(result, history):
+        value = row["metric"]
+        usable = status[row["trial_id"]] != "errored" and value is not None and math.isfinite(value)
+        if usable and (math.isnan(best) or _better(value, best, result.mode)):
+            best = value
+        ys.append(best)
+    return list(range(1, len(ys) + 1)), ys
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _load(experiment_dir: str | Path) -> tuple[SearchResult, list[dict[str, Any]]]:
+    path = Path(experiment_dir)
+    if not path.exists():
+        raise ConfigError(f"experiment dir {str(experiment_dir)!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"experiment dir {str(experiment_dir)!r} is not a directory")
+    if not (path / RESULTS_NAME).is_file():
+        raise ConfigError(f"experiment dir {str(experiment_dir)!r} holds no search results (no {RESULTS_NAME})")
+    result = read_results(path)
+    if not result.ranked():
+        raise ConfigError(
+            f"experiment dir {str(experiment_dir)!r} has no trial with a finished evaluation yet{_errored_hint(result)}"
+        )
+    history = read_history(path) if (path / HISTORY_NAME).is_file() else []
+    return result, history
+
+
+def _errored_hint(result: SearchResult) -> str:
+    """' (3 trial(s) errored, the first with: ...)' so a search that only failed says why, in one line.
+
+    The last line of the first error: for a traceback, the exception and its message.
+    """
+    errored = [t for t in result.trials if t.status == "errored"]
+    if not errored:
+        return ""
+    first = (errored[0].error or "no message").strip().splitlines() or ["no message"]
+    return f" ({len(errored)} trial(s) errored, the first with: {first[-1][:200]})"
+
+
+def _results_time(experiment_dir: str | Path) -> str:
+    mtime = (Path(experiment_dir) / RESULTS_NAME).stat().st_mtime
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> bytes:
+    """Write the figure as PNG and return its bytes (for the data URI)."""
+    fig.savefig(path, format="png", dpi=DPI, facecolor="white")
+    fig.clear()  # nothing holds the figure after this: no pyplot registry, so clearing is all "closing" needs
+    return path.read_bytes()
+
+
+def _curves_figure(result: SearchResult, history: list[dict[str, Any]]) -> Figure:
+    fig = _figure(10, 5.6)
+    ax = fig.add_subplot()
+    curves = learning_curve_data(result, history)
+    best = result.best
+    for trial_id, curve in curves.items():
+        if best is None or trial_id != best.trial_id:
+            _draw_curve(ax, curve)
+    if best is not None and best.trial_id in curves:
+        _draw_best_curve(ax, curves[best.trial_id], best, result.metric)
+    _status_legend(ax, {curve.style for curve in curves.values()})
+    ax.set_xlabel("evaluation")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel(result.metric)
+    ax.set_title(f"learning curves of {len(curves)} trials ({_direction(result.mode)})")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _draw_curve(ax: Axes, curve: Curve) -> None:
+    style = _LINE_STYLES[curve.style]
+    ax.plot(curve.x, curve.y, **style)
+    if curve.style == "stopped":
+        ax.plot(curve.x[-1:], curve.y[-1:], marker="x", markersize=8, markeredgewidth=2, color=style["color"])
+    elif curve.style == "running":
+        ax.plot(curve.x[-1:], curve.y[-1:], marker=">", markersize=7, color=style["color"])
+
+
+def _draw_best_curve(ax: Axes, curve: Curve, best: TrialRecord, metric: str) -> None:
+    label = f"best: {best.trial_id} ({metric}={_fmt(best.best_metric)}, {best.status})"
+    ax.plot(curve.x, curve.y, color=_BEST_COLOR, linewidth=2.6, zorder=5, label=label)
+    at = curve.y.index(best.best_metric) if best.best_metric in curve.y else len(curve.y) - 1
+    ax.plot([curve.x[at]], [curve.y[at]], marker="*", markersize=15, color="#ffbf00", markeredgecolor="black", zorder=6)
+    ax.annotate(best.trial_id, (curve.x[at], curve.y[at]), xytext=(6, 8), textcoords="offset points", zorder=6)
+
+
+def _status_legend(ax: Axes, styles: set[str]) -> None:
+    """Legend entries per status drawn (not per trial: a search has too many trials) plus the best trial."""
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    for style in _LINE_STYLES:
+        if style in styles:
+            handles.append(Line2D([], [], label=_LEGEND_LABELS[style], **_LINE_STYLES[style]))
+    ax.legend(handles=handles, loc="best", fontsize=9)
+
+
+def _params_figure(result: SearchResult) -> Figure:
+    names = sorted({name for t in result.trials for name in t.params})
+    columns = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / columns))
+    fig = _figure(4.4 * columns, 3.6 * rows)
+    if not names:
+        fig.add_subplot().text(0.5, 0.5, "no searched params", ha="center", va="center")
+        return fig
+    for i, name in enumerate(names):
+        _draw_param(fig.add_subplot(rows, columns, i + 1), result, name)
+    fig.suptitle(f"best {result.metric} per trial against each param ({_direction(result.mode)})")
+    return fig
+
+
+def _draw_param(ax: Axes, result: SearchResult, name: str) -> None:
+    """Best metric per ranked trial against this param's value; the best trial is a star."""
+    trials = [t for t in result.ranked() if name in t.params]
+    values = [t.params[name] for t in trials]
+    scale = param_scale(values) if values else "linear"
+    xs = _category_positions(ax, values) if scale == "category" else values
+    for trial, x in zip(trials, xs, strict=True):
+        color = _LINE_STYLES[_style(trial)]["color"]
+        ax.scatter([x], [trial.best_metric], color=color, alpha=0.8, s=28, edgecolors="none")
+    best = result.best
+    if best is not None and best in trials:
+        x = xs[trials.index(best)]
+        ax.scatter([x], [best.best_metric], marker="*", s=220, color="#ffbf00", edgecolors="black", zorder=5)
+    if scale == "log":
+        ax.set_xscale("log")
+    elif values and all(isinstance(v, int) for v in values):
+        ax.xaxis.set_major_locator(_integer_ticks())  # an int param has no value 1.5
+    ax.set_xlabel(f"{name} (log)" if scale == "log" else name)
+    ax.set_ylabel(result.metric)
+    ax.grid(alpha=0.3)
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _category_positions(ax: Axes, values: list[Any]) -> list[int]:
+    categories = sorted({str(v) for v in values})
+    ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlim(-0.5, len(categories) - 0.5)
+    return [categories.index(str(v)) for v in values]
+
+
+def _best_so_far_figure(result: SearchResult, history: list[dict[str, Any]]) -> Figure:
+    fig = _figure(10, 4.6)
+    ax = fig.add_subplot()
+    xs, ys = best_so_far_data(result, history)
+    ax.step(xs, ys, where="post", color=_BEST_COLOR, linewidth=2, label=f"best {result.metric} so far")
+    every = [r["metric"] if r["metric"] is not None else math.nan for r in _in_order(result, history)]
+    ax.scatter(xs, every, s=12, color="#7f7f7f", alpha=0.5, label="each evaluation")
+    ax.set_xlabel("evaluations run, all trials (compute spent)")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel(result.metric)
+    ax.set_title(f"best so far ({_direction(result.mode)})")
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _in_order(result: SearchResult, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows in the order `best_so_far_data` takes them."""
+    started = {t.trial_id: t.started_at for t in result.trials}
+    rows = [r for r in history if r["trial_id"] in started]
+    return sorted(rows, key=lambda r: (started[r["trial_id"]] + (r["time_s"] or 0.0), r["evaluation"]))
+
+
+# ---------------------------------------------------------------------- html
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } .sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best td { background: #fff6d5; font-weight: 600; }
+.badge { display: inline-block; padding: 0.15em 0.6em; margin-right: 0.4em; border-radius: 1em; color: white; }
+.badge.zero { opacity: 0.35; }
+.completed { background: #1f77b4; } .stopped_early, .pruned { background: #ff7f0e; }
+.errored { background: #d62728; } .running { background: #2ca02c; }
+.note { background: #eef7ee; border-left: 4px solid #2ca02c; padding: 0.5em 0.8em; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
+pre { white-space: pre-wrap; max-height: 14em; overflow: auto; margin: 0; font-size: 0.85em; }
+"""
+
+
+def _html_page(result: SearchResult, images: dict[str, bytes], *, top_k: int, as_of: str) -> str:
+    name = Path(result.experiment_dir).resolve().name
+    title = f"{name}: search report"
+    parts = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="sub">metric <b>{_e(result.metric)}</b> (mode {_e(result.mode)}: {_direction(result.mode)})'
+        f" · {len(result.trials)} trials · results as of {_e(as_of)}</p>",
+        _counts_html(result),
+        f"<p>{_e(result.summary_line())}</p>",
+        f"<h2>Top {min(top_k, len(result.ranked()))} trials</h2>",
+        _top_table_html(result, top_k),
+        *_figures_html(result, images),
+        "<h2>Errored trials</h2>",
+        _errors_html(result),
+    ]
+    body = "\n".join(parts)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
+        f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _counts_html(result: SearchResult) -> str:
+    counts = result.counts()
+    badges = [
+        f'<span class="badge {status}{"" if counts[status] else " zero"}">{counts[status]} {_e(status)}</span>'
+        for status in STATUSES
+    ]
+    html_text = f'<p class="counts">{"".join(badges)}</p>'
+    if counts["running"]:
+        html_text += (
+            f'<p class="note">{counts["running"]} trial(s) still running, or left running when the search was '
+            "killed: their curves end at their latest evaluation.</p>"
+        )
+    return html_text
+
+
+def _top_table_html(result: SearchResult, top_k: int) -> str:
+    top = result.ranked()[:top_k]
+    names = sorted({name for t in top for name in t.params})
+    header = "".join(f"<th>{_e(h)}</th>" for h in ["#", "trial", result.metric, "status", "evaluations", *names])
+    rows = [f"<tr>{header}</tr>"]
+    for rank, t in enumerate(top, start=1):
+        numbers = [str(rank), t.trial_id, _fmt(t.best_metric), t.status, str(t.evaluations)]
+        cells = [
+            f'<td class="num">{_e(c)}</td>' if i in (0, 2, 4) else f"<td>{_e(c)}</td>" for i, c in enumerate(numbers)
+        ]
+        cells += [f"<td>{_e(_fmt(t.params[n]) if n in t.params else '-')}</td>" for n in names]
+        css = ' class="best"' if rank == 1 else ""
+        rows.append(f"<tr{css}>{''.join(cells)}</tr>")
+    return '<table class="top">\n' + "\n".join(rows) + "\n</table>"
+
+
+def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
+    captions = {
+        CURVES_PNG: f"Learning curves: {result.metric} at each evaluation of every trial. Trials stopped early "
+        "are lighter and end in an x at the rung where they were stopped; errored trials are dashed; running "
+        "trials end in a triangle at their latest evaluation; the best trial is black, its best point a star.",
+        PARAMS_PNG: f"Best {result.metric} of each trial that reported one (errored trials left out) against each "
+        "searched param, colored by status as in the learning curves; params whose values span more than two "
+        "decades are on a log axis. The star is the best trial.",
+        BEST_SO_FAR_PNG: f"Best {result.metric} found so far against the evaluations run by all trials together, "
+        "in the order they finished (the compute spent); grey dots are single evaluations.",
+    }
+    parts = []
+    for file_name, title in ((CURVES_PNG, "Learning curves"), (PARAMS_PNG, "Params"), (BEST_SO_FAR_PNG, "Best so far")):
+        data = base64.b64encode(images[file_name]).decode("ascii")
+        parts.append(
+            f'<h2>{_e(title)}</h2>\n<figure><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
+            f"<figcaption>{_e(captions[file_name])} ({_e(file_name)})</figcaption></figure>"
+        )
+    return parts
+
+
+def _errors_html(result: SearchResult) -> str:
+    errored = [t for t in result.trials if t.status == "errored"]
+    if not errored:
+        return "<p>none</p>"
+    rows = ["<tr><th>trial</th><th>evaluations</th><th>params</th><th>error</th></tr>"]
+    for t in errored:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
+        rows.append(
+            f"<tr><td>{_e(t.trial_id)}</td><td class='num'>{t.evaluations}</td><td>{_e(params)}</td>"
+            f"<td><pre>{_e(t.error or 'no message')}</pre></td></tr>"
+        )
+    return '<table class="errors">\n' + "\n".join(rows) + "\n</table>"
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _header_line(result: SearchResult) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
+    name = Path(result.experiment_dir).resolve().name
+    return f"{name}: {len(result.trials)} trials ({counts}); {result.metric}, {_direction(result.mode)}"
+
+
+def _style(trial: TrialRecord) -> str:
+    return STYLE_OF_STATUS.get(trial.status, "running")
+
+
+def _better(value: float, than: float, mode: str) -> bool:
+    return value > than if mode == "max" else value < than
+
+
+def _direction(mode: str) -> str:
+    return "higher is better" if mode == "max" else "lower is better"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
