@@ -231,3 +231,13 @@ def test_a_trial_that_keeps_failing_is_errored_and_the_search_goes_on(tmp_path):
     assert by_hidden[30].error == "RuntimeError: this model always fails"
     assert by_hidden[8].status == "completed" and by_hidden[8].evaluations == 2
     assert result.best.trial_id == by_hidden[8].trial_id  # an errored trial never becomes the best
+
+
+def test_early_stopping_patience_ends_a_trial_as_stopped_early(tmp_path):
+    experiment = _experiment(tmp_path, epochs=6, num_trials=1, scheduler="none",
+                             points_to_evaluate=[{"learning_rate": 0.01, "hidden": 8}])  # fmt: skip
+    experiment.train.update(learning_rate=0.0, early_stopping_patience=2)  # never improves after evaluation 1
+    experiment.space = experiment.space.from_mapping({"hidden": {"type": "int", "low": 4, "high": 32}})
+    experiment.search["points_to_evaluate"] = [{"hidden": 8}]
+    (trial,) = search(experiment).trials
+    assert (trial.status, trial.evaluations) == ("stopped_early", 3)

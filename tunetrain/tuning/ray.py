@@ -366,6 +366,8 @@ class _TuneReporter(Reporter):
             epoch=state.epoch,
             **{OBJECTIVE: state.best_metric if state.best_metric is not None else value},
         )
+        if control.reason == "early_stopping":  # the run's own patience ran out: this is its last report
+            report["early_stopped"] = True
         if checkpoint is None:
             tune.report(report)
             return
@@ -449,7 +451,12 @@ class _Bookkeeper(tune.Callback):
             self._maybe_best_checkpoint(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        status = "pruned" if trial.trial_id in _STOPPED_EARLY else "completed"
+        if trial.trial_id in _STOPPED_EARLY:
+            status = "pruned"  # by ASHA, as the Optuna backend's pruner
+        elif (trial.last_result or {}).get("early_stopped"):
+            status = "stopped_early"  # by the run's early_stopping_patience, as in the Optuna backend
+        else:
+            status = "completed"
         self._finish(trial, status)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
