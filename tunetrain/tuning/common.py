@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pyarrow.fs
 
     from tunetrain.args import TrainingArguments
+    from tunetrain.checkpoint import TrainerState
     from tunetrain.experiment import Experiment
     from tunetrain.results import ResultsBook, SearchResult
     from tunetrain.tuning.config import SearchConfig
@@ -104,6 +105,13 @@ def trial_arguments(
     if args.objective_metric != config.metric or args.greater_is_better != greater_is_better:
         args = args.replace(metric_for_best_model=config.metric, greater_is_better=greater_is_better)
     return args
+
+
+def evaluation_report(metrics: dict[str, Any], state: TrainerState) -> dict[str, Any]:
+    """What a search records of one evaluation: its numeric metrics, and where in the run it happened."""
+    report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    report.update(evaluation=state.num_evaluations, step=state.global_step, epoch=state.epoch)
+    return report
 
 
 def evaluation_budget(args: TrainingArguments, steps_per_epoch: int | None) -> int:

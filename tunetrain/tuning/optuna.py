@@ -253,7 +253,7 @@ class _TrialRunner:
             logger.info("%s resumes from %s", trial_id, resume_from)
         failures = 0
         while True:
-            reporters: list[Reporter] = [_BookReporter(self.book, trial_id, self.config.metric)]
+            reporters: list[Reporter] = [_BookReporter(self.book, trial_id)]
             if self.config.scheduler.type == "asha" and self.config.scheduler.max_t is not None:
                 reporters.append(_StopAtMaxT(self.config.scheduler.max_t))
             trainer = Trainer(self.task, args, self.experiment.space, reporters=reporters, console=False)
@@ -290,21 +290,16 @@ class _TrialRunner:
 class _BookReporter(Reporter):
     """Feeds every evaluation of a trial, with the checkpoint saved at it, into the ResultsBook."""
 
-    def __init__(self, book: ResultsBook, trial_id: str, metric: str) -> None:
+    def __init__(self, book: ResultsBook, trial_id: str) -> None:
         self.book = book
         self.trial_id = trial_id
-        self.metric = metric
 
     def on_evaluate(
         self, metrics: dict[str, float], state: TrainerState, control: TrainerControl, checkpoint: Path | None
     ) -> None:
-        values = {
-            self.metric: metrics.get(self.metric),
-            "evaluation": state.num_evaluations,
-            "step": state.global_step,
-            "epoch": state.epoch,
-            **metrics,
-        }
+        from tunetrain.tuning.common import evaluation_report
+
+        values = evaluation_report(metrics, state)
         # the book keeps the checkpoint only when this evaluation is the trial's best so far; the loop's rotation
         # never deletes the best checkpoint
         self.book.report(self.trial_id, values, checkpoint=str(checkpoint) if checkpoint else None)

@@ -357,15 +357,10 @@ class _TuneReporter(Reporter):
         self.metric = metric
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
+        from tunetrain.tuning.common import evaluation_report
 
-        report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        value = metrics[self.metric]
-        report.update(
-            evaluation=state.num_evaluations,
-            step=state.global_step,
-            epoch=state.epoch,
-            **{OBJECTIVE: state.best_metric if state.best_metric is not None else value},
-        )
+        report = evaluation_report(metrics, state)
+        report[OBJECTIVE] = state.best_metric if state.best_metric is not None else metrics[self.metric]
         if control.reason == "early_stopping":  # the run's own patience ran out: this is its last report
             report["early_stopped"] = True
         if checkpoint is None:
