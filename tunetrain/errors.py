@@ -49,3 +49,8 @@ def show_value(value: object) -> str:
     if value is None or type(value) in (str, int, float, bool):
         return text
     return f"{text} ({type(value).__name__})"
+
+
+def format_value(value: object) -> str:
+    """A value as tables and log lines show it: floats to 4 significant digits, anything else as str()."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

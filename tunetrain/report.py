@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, format_value
 from tunetrain.results import HISTORY_NAME, RESULTS_NAME, STATUSES, read_history, read_results
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def _draw_curve(ax: Axes, curve: Curve) -> None:
 
 
 def _draw_best_curve(ax: Axes, curve: Curve, best: TrialRecord, metric: str) -> None:
-    label = f"best: {best.trial_id} ({metric}={_fmt(best.best_metric)}, {best.status})"
+    label = f"best: {best.trial_id} ({metric}={format_value(best.best_metric)}, {best.status})"
     ax.plot(curve.x, curve.y, color=_BEST_COLOR, linewidth=2.6, zorder=5, label=label)
     at = curve.y.index(best.best_metric) if best.best_metric in curve.y else len(curve.y) - 1
     ax.plot([curve.x[at]], [curve.y[at]], marker="*", markersize=15, color="#ffbf00", markeredgecolor="black", zorder=6)
@@ -380,11 +380,11 @@ def _top_table_html(result: SearchResult, top_k: int) -> str:
     header = "".join(f"<th>{_e(h)}</th>" for h in ["#", "trial", result.metric, "status", "evaluations", *names])
     rows = [f"<tr>{header}</tr>"]
     for rank, t in enumerate(top, start=1):
-        numbers = [str(rank), t.trial_id, _fmt(t.best_metric), t.status, str(t.evaluations)]
+        numbers = [str(rank), t.trial_id, format_value(t.best_metric), t.status, str(t.evaluations)]
         cells = [
             f'<td class="num">{_e(c)}</td>' if i in (0, 2, 4) else f"<td>{_e(c)}</td>" for i, c in enumerate(numbers)
         ]
-        cells += [f"<td>{_e(_fmt(t.params[n]) if n in t.params else '-')}</td>" for n in names]
+        cells += [f"<td>{_e(format_value(t.params[n]) if n in t.params else '-')}</td>" for n in names]
         css = ' class="best"' if rank == 1 else ""
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")
     return '<table class="top">\n' + "\n".join(rows) + "\n</table>"
@@ -417,7 +417,7 @@ def _errors_html(result: SearchResult) -> str:
         return "<p>none</p>"
     rows = ["<tr><th>trial</th><th>evaluations</th><th>params</th><th>error</th></tr>"]
     for t in errored:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(t.params.items()))
         rows.append(
             f"<tr><td>{_e(t.trial_id)}</td><td class='num'>{t.evaluations}</td><td>{_e(params)}</td>"
             f"<td><pre>{_e(t.error or 'no message')}</pre></td></tr>"
@@ -444,10 +444,6 @@ def _better(value: float, than: float, mode: str) -> bool:
 
 def _direction(mode: str) -> str:
     return "higher is better" if mode == "max" else "lower is better"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _e(text: Any) -> str:

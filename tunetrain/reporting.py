@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.errors import format_value
+
 if TYPE_CHECKING:
     import optuna
 
@@ -95,7 +97,7 @@ class ConsoleReporter(Reporter):
 
     def _write(self, values: dict[str, float], state: TrainerState) -> None:
         line = f"step {state.global_step}/{state.max_steps} " + " ".join(
-            f"{k}={_fmt(v)}" for k, v in values.items() if k != "step"
+            f"{k}={format_value(v)}" for k, v in values.items() if k != "step"
         )
         if self._bar is not None:
             self._bar.write(line, file=self.stream)
@@ -161,9 +163,3 @@ class OptunaReporter(Reporter):
         if self.trial.should_prune():
             message = f"pruned at evaluation {state.num_evaluations} (step {state.global_step}, {self.metric}={value})"
             control.stop("pruned", optuna.TrialPruned(message))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

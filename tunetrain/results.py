@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, format_value
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -99,10 +99,10 @@ class SearchResult:
         rows = [
             [
                 t.trial_id,
-                _fmt(t.best_metric),
+                format_value(t.best_metric),
                 t.status,
                 str(t.evaluations),
-                *(_fmt(t.params.get(n, "-")) for n in names),
+                *(format_value(t.params.get(n, "-")) for n in names),
             ]
             for t in top
         ]
@@ -115,7 +115,7 @@ class SearchResult:
         finished = len(self.trials) - counts["running"]
         done = f"{finished}/{total}" if total else str(finished)
         best = self.best
-        best_text = f"best {self.metric}={_fmt(best.best_metric)} ({best.trial_id})" if best else "no best yet"
+        best_text = f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
         return (
             f"{done} done, {counts['running']} running, {counts['stopped_early'] + counts['pruned']} stopped early, "
             f"{counts['errored']} errored; {best_text}"
@@ -342,9 +342,3 @@ def _finite(value: float | None) -> bool:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
