@@ -10,6 +10,8 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# generated MNIST-1D data is cached under /tmp, not the user's ~/.cache (search workers inherit this)
+os.environ.setdefault("TUNETRAIN_CACHE_DIR", "/tmp/tunetrain-test-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -121,10 +121,10 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
     )
     for trial_id in ("stopped", "finished", "broken"):
         searcher.suggest(trial_id)
-        searcher.on_trial_result(trial_id, {"objective": 0.5, "training_iteration": 1})
+        searcher.on_trial_result(trial_id, {"objective": 0.5, "evaluation": 1})
     backend._STOPPED_EARLY.add("stopped")
-    searcher.on_trial_complete("stopped", {"objective": 0.5, "training_iteration": 1})
-    searcher.on_trial_complete("finished", {"objective": 0.9, "training_iteration": 3})
+    searcher.on_trial_complete("stopped", {"objective": 0.5, "evaluation": 1})
+    searcher.on_trial_complete("finished", {"objective": 0.9, "evaluation": 3})
     searcher.on_trial_complete("broken", None, error=True)
     states = [t.state for t in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]

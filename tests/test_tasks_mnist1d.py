@@ -34,6 +34,35 @@ def test_loading_the_data_leaves_the_global_rngs_alone():
     assert (random.random(), np.random.rand()) == expected
 
 
+def test_generated_data_is_cached_and_regenerated_when_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    generate = mnist1d._generate
+
+    def counting_generate():
+        calls.append(1)
+        return generate()
+
+    monkeypatch.setattr(mnist1d, "_generate", counting_generate)
+    first = mnist1d._cached_arrays()
+    (cached,) = (tmp_path / "cache").glob("mnist1d-*.npz")
+    second = mnist1d._cached_arrays()
+    assert len(calls) == 1  # the second read came from the file
+    assert all(np.array_equal(first[name], second[name]) for name in first)
+    cached.write_bytes(b"not an npz")
+    third = mnist1d._cached_arrays()
+    assert len(calls) == 2 and np.array_equal(third["x"], first["x"])
+    assert list((tmp_path / "cache").iterdir()) == [cached]  # rewritten whole, no temporary files left
+
+
+def test_data_loads_without_a_writable_cache(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache directory would be")
+    monkeypatch.setenv("TUNETRAIN_CACHE_DIR", str(blocked / "cache"))
+    arrays = mnist1d._cached_arrays()
+    assert arrays["x"].shape == (4000, 40) and arrays["x_test"].shape == (1000, 40)
+
+
 @pytest.mark.parametrize(
     ("factory", "params", "message"),
     [

@@ -17,7 +17,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ class TrainerState:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, allow_nan=True)
+        # the fields as they are (asdict would deep-copy log_history, which grows with every evaluation)
+        return json.dumps(vars(self), indent=2, allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainerState:
@@ -219,7 +220,7 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],  # a tensor: 625 ints pickled at once
         "numpy": {
             "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
             "pos": int(np_state["state"]["pos"]),
@@ -236,6 +237,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], path: Path) -> None:
     try:
         version, internal, gauss = state["python"]
+        if isinstance(internal, torch.Tensor):
+            internal = internal.tolist()
         random.setstate((version, tuple(internal), gauss))
         np_state = state["numpy"]
         np.random.set_state(

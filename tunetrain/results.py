@@ -143,6 +143,7 @@ class ResultsBook:
         self.min_interval_s = min_interval_s
         self.trials: dict[str, TrialRecord] = {}
         self.history: list[dict[str, Any]] = []
+        self._last_evaluation: dict[str, int] = {}  # trial id -> its latest evaluation in `history`
         self._last_write = 0.0
         self._dirty = False
 
@@ -163,7 +164,11 @@ class ResultsBook:
         value = _as_float(metrics.get(self.metric))
         evaluation = int(metrics.get("evaluation", record.evaluations + 1))
         # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest
-        self.history = [h for h in self.history if not (h["trial_id"] == trial_id and h["evaluation"] >= evaluation)]
+        if evaluation <= self._last_evaluation.get(trial_id, 0):  # rare: look through the history only then
+            self.history = [
+                h for h in self.history if not (h["trial_id"] == trial_id and h["evaluation"] >= evaluation)
+            ]
+        self._last_evaluation[trial_id] = evaluation
         self.history.append(
             {
                 "trial_id": trial_id,
@@ -206,6 +211,9 @@ class ResultsBook:
         if existing is not None:
             self.trials = {t.trial_id: t for t in existing.trials}
         self.history = _read_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}") or []
+        for row in self.history:
+            trial_id = row["trial_id"]
+            self._last_evaluation[trial_id] = max(self._last_evaluation.get(trial_id, 0), row["evaluation"])
 
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -3,8 +3,9 @@
 MNIST-1D (Greydanus & Kobak, 2020) is ten digit-like templates turned into noisy, shifted, scaled 1-D signals of
 40 points: small enough to train on a CPU in seconds, yet it separates architectures (the paper's MLP reaches
 ~68% test accuracy, its CNN ~94%). The `mnist1d` package generates it locally (no download) from a fixed seed,
-once per process: 4000 training examples, of which a seeded `EVAL_SIZE` are held out as the eval split (a search
-selects on it), and 1000 test examples, scored only at the end of a final fit.
+once per machine (then read from a cache file, see `cache_dir()`): 4000 training examples, of which a seeded
+`EVAL_SIZE` are held out as the eval split (a search selects on it), and 1000 test examples, scored only at the
+end of a final fit.
 
 Batches are `(x, y)` pairs: `x` float32 of shape (batch, 40), `y` int64 class ids; the models return logits of
 shape (batch, 10) and the loop's default cross-entropy is the loss.
@@ -13,10 +14,15 @@ shape (batch, 10) and the loop's default cross-entropy is the loss.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
+import os
 import random
+import tempfile
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,8 @@ from torch.utils.data import TensorDataset
 
 from tunetrain.errors import ConfigError, did_you_mean
 from tunetrain.task import Task
+
+logger = logging.getLogger(__name__)
 
 NUM_FEATURES = 40
 NUM_CLASSES = 10
@@ -164,8 +172,61 @@ def _halved_length(length: int, kernel_size: int) -> int:
 
 @functools.cache
 def _splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`{"train", "eval", "test"}` -> (x float32 (n, 40), y int64 (n,)); generated once per process (~1.5 s)."""
-    # imported here: mnist1d imports matplotlib, which only loading the data should pay for
+    """`{"train", "eval", "test"}` -> (x float32 (n, 40), y int64 (n,)); once per process.
+
+    Generating the data takes seconds (importing mnist1d, which imports matplotlib, then drawing 5000 signals),
+    and every search worker needs it: the arrays are kept in a cache file (see `cache_dir`) after the first
+    generation on a machine, and generated again when that file is missing or unreadable.
+    """
+    arrays = _cached_arrays()
+    x = torch.as_tensor(arrays["x"], dtype=torch.float32)
+    y = torch.as_tensor(arrays["y"], dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    held_out, kept = order[:EVAL_SIZE].sort().values, order[EVAL_SIZE:].sort().values
+    test = (
+        torch.as_tensor(arrays["x_test"], dtype=torch.float32),
+        torch.as_tensor(arrays["y_test"], dtype=torch.int64),
+    )
+    return {"train": (x[kept], y[kept]), "eval": (x[held_out], y[held_out]), "test": test}
+
+
+def cache_dir() -> Path:
+    """Where generated data is kept: `$TUNETRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/tunetrain` (`~/.cache/tunetrain`)."""
+    if os.environ.get("TUNETRAIN_CACHE_DIR"):
+        return Path(os.environ["TUNETRAIN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunetrain"
+
+
+_ARRAYS = ("x", "y", "x_test", "y_test")
+
+
+def _cached_arrays() -> dict[str, np.ndarray]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        generator = f"mnist1d-{version('mnist1d')}"
+    except PackageNotFoundError:
+        generator = "mnist1d"
+    path = cache_dir() / f"{generator}-seed42.npz"  # get_dataset_args()'s defaults, seed 42
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in _ARRAYS}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # not generated on this machine yet, or a damaged file: generate again
+    arrays = _generate()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a temporary name, then renamed: a reader never sees half a file
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, **arrays)
+        os.replace(tmp.name, path)
+    except OSError as exc:  # a read-only home: every process generates the data, as without a cache
+        logger.debug("could not cache the MNIST-1D data in %s: %s", path.parent, exc)
+    return arrays
+
+
+def _generate() -> dict[str, np.ndarray]:
+    # imported here: mnist1d imports matplotlib, which only generating the data should pay for
     from mnist1d.data import get_dataset_args, make_dataset
 
     # make_dataset reseeds Python's and NumPy's global RNGs (to 42): put the caller's streams back as they were.
@@ -176,9 +237,4 @@ def _splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-    x = torch.as_tensor(data["x"], dtype=torch.float32)
-    y = torch.as_tensor(data["y"], dtype=torch.int64)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    held_out, kept = order[:EVAL_SIZE].sort().values, order[EVAL_SIZE:].sort().values
-    test = (torch.as_tensor(data["x_test"], dtype=torch.float32), torch.as_tensor(data["y_test"], dtype=torch.int64))
-    return {"train": (x[kept], y[kept]), "eval": (x[held_out], y[held_out]), "test": test}
+    return {name: np.asarray(data[name]) for name in _ARRAYS}

@@ -1,8 +1,15 @@
 """The Ray Tune backend: `train()` as a function trainable, Optuna's samplers through OptunaSearch, ASHA.
 
-- Each evaluation of a trial is one `ray.tune.report(metrics, checkpoint=...)` with the checkpoint saved at that
-  evaluation, so ASHA's rungs count evaluations, and a trial that Ray restarts (FailureConfig) or restores
-  resumes from `ray.tune.get_checkpoint()` through the loop's exact resume.
+- Each evaluation of a trial is one `ray.tune.report(metrics)`; ASHA's rungs count evaluations (the reported
+  `evaluation`, which a resumed trial continues). The checkpoint saved at each evaluation stays in the trial's own
+  directory in the experiment (`trials/<id>/`, rotated by the loop: the best and the latest), and a trial that
+  Ray restarts (FailureConfig) or restores resumes from the latest one there, through the loop's exact resume.
+- Ray snapshots its whole experiment state (every trial, the pickled study) after each checkpoint reported to it,
+  so that a restore finds the trials it knew of: after every evaluation that would cost more than the training of
+  small trials, and grows with the trial count. A trial reports Ray a token checkpoint only at its first and last
+  evaluation of a run: the snapshot then holds every trial that has trained, and which ones are done. One that
+  ended between the last snapshot and a killed driver (an ASHA stop, say) is not trained again on resume: the
+  driver marks every ended trial in its dir.
 - Actors are reused between trials and a worker process loads the task (its data) once.
 - ASHA-stopped trials reach Optuna as PRUNED (Ray's OptunaSearch would tell them COMPLETE with their
   low-fidelity value, which misleads TPE); errored trials as FAIL.
@@ -15,6 +22,7 @@ Ray (Ray reads it when it is imported).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -41,6 +49,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OBJECTIVE = "objective"  # the trial's best value of the search metric so far: what ASHA and Optuna compare
+EVALUATION = "evaluation"  # evaluations since the trial began (a resumed trial continues the count): ASHA's time
+METRICS = "metrics"  # everything else of an evaluation, as one JSON string: Ray keeps running statistics of every
+# numeric key of every trial in the driver's memory, so a report carries only the two numbers Ray acts on
 # Trials ASHA stopped before their budget, shared by the scheduler, the searcher and the bookkeeping callback
 # (all three live in the driver process; a module global survives Ray pickling them into its experiment state).
 _STOPPED_EARLY: set[str] = set()
@@ -63,7 +74,8 @@ class _TrialSpec:
 
     experiment: Experiment
     config: SearchConfig
-    tensorboard_dir: str | None
+    exp_path: str  # the experiment dir within the storage's filesystem
+    local: bool  # a local (or mounted) directory; else a pyarrow filesystem such as s3://
 
 
 def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
@@ -236,11 +248,7 @@ def _can_read(uri: str, marker: str) -> bool:
 
 
 def _trainable_for(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> Any:
-    spec = _TrialSpec(
-        experiment=experiment,
-        config=config,
-        tensorboard_dir=f"{exp_dir.path}/tensorboard" if exp_dir.is_local else None,
-    )
+    spec = _TrialSpec(experiment=experiment, config=config, exp_path=exp_dir.path, local=exp_dir.is_local)
     resources = {"cpu": config.resources_per_trial.cpu, "gpu": config.resources_per_trial.gpu}
     return tune.with_resources(tune.with_parameters(_run_trial, spec=spec), resources)
 
@@ -259,7 +267,7 @@ def _tune_config(experiment: Experiment, config: SearchConfig, max_t: int | None
     scheduler = None
     if config.scheduler.type == "asha":
         scheduler = _EarlyStopRecordingASHA(
-            time_attr="training_iteration",
+            time_attr=EVALUATION,
             metric=OBJECTIVE,
             mode=config.mode,
             max_t=max_t,
@@ -296,12 +304,7 @@ def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: Experimen
         storage_filesystem=filesystem,
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
-        checkpoint_config=tune.CheckpointConfig(
-            # Ray keeps the latest checkpoint on top of the num_to_keep best: together, keep_checkpoints_per_trial
-            num_to_keep=max(1, config.keep_checkpoints_per_trial - 1),
-            checkpoint_score_attribute=config.metric,
-            checkpoint_score_order=config.mode,
-        ),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the token checkpoints (see _TuneReporter)
         callbacks=[
             _Bookkeeper(
                 storage=config.storage,
@@ -318,7 +321,7 @@ def _run_config(experiment: Experiment, config: SearchConfig, exp_dir: Experimen
 
 
 def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
-    """One trial: `Trainer.train` with the sampled params, resumed from Ray's checkpoint when there is one."""
+    """One trial: `Trainer.train` with the sampled params, resumed from its latest checkpoint when it has one."""
     import torch
 
     from tunetrain.loop import Trainer
@@ -326,49 +329,167 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
     from tunetrain.tuning.common import trial_arguments
 
     torch.set_num_threads(max(1, int(spec.config.resources_per_trial.cpu)))
-    context = tune.get_context()
-    trial_id = context.get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
+    store = _TrialStore(spec, trial_id)
+    if store.ended():
+        return  # it ended before the driver was killed, after Ray's last snapshot: nothing to train or report
     experiment = spec.experiment
     if experiment.task not in _TASKS:
         _TASKS[experiment.task] = load_task(experiment.task)
-    logging_dir = f"{spec.tensorboard_dir}/{trial_id}" if spec.tensorboard_dir else None
-    # the trial's own output dir is scratch space outside Ray's trial dir (which Ray syncs to the storage): a
-    # checkpoint lives there only until tune.report has persisted Ray's copy, the one a restart resumes from
-    scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
-    args = trial_arguments(experiment, spec.config, str(scratch), logging_dir=logging_dir)
-    trainer = Trainer(
-        _TASKS[experiment.task], args, experiment.space, reporters=[_TuneReporter(spec.config.metric)], console=False
-    )
-    checkpoint = tune.get_checkpoint()
+    logging_dir = f"{spec.exp_path}/tensorboard/{trial_id}" if spec.local else None
     try:
-        if checkpoint is None:
-            trainer.train(trial=params)
-            return
-        with checkpoint.as_directory() as path:
-            trainer.train(trial=params, resume_from_checkpoint=path)
+        args = trial_arguments(
+            experiment,
+            spec.config,
+            store.output_dir,
+            logging_dir=logging_dir,
+            save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
+        )
+        reporter = _TuneReporter(spec.config.metric, store)
+        trainer = Trainer(_TASKS[experiment.task], args, experiment.space, reporters=[reporter], console=False)
+        trainer.train(trial=params, resume_from_checkpoint=store.latest())
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        store.close()
+
+
+class _TrialStore:
+    """A trial's checkpoints in the experiment's storage, `trials/<trial id>/checkpoint-<step>`.
+
+    On a local or mounted directory the loop writes there itself (atomically, and rotates them). On a pyarrow
+    filesystem (s3://...) it writes to a local scratch directory, and each checkpoint is copied up after it is
+    saved (its trainer_state.json last: what marks a checkpoint complete), the rotation mirrored; a restarted trial
+    copies the latest complete one back down.
+    """
+
+    def __init__(self, spec: _TrialSpec, trial_id: str) -> None:
+        self.path = f"{spec.exp_path}/trials/{trial_id}"
+        self.local = spec.local
+        if self.local:
+            self.filesystem = None
+            self.output_dir = self.path
+        else:
+            from tunetrain.tuning.config import resolve_storage
+
+            self.filesystem = resolve_storage(spec.config.storage)[0]
+            self.uri = f"{spec.config.storage.split('://', 1)[0]}://{self.path}"
+            scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            self.output_dir = str(scratch)
+
+    def ended(self) -> bool:
+        return _ended_status(self.filesystem, self.path) is not None
+
+    def latest(self) -> str | None:
+        from pyarrow import fs
+
+        from tunetrain import checkpoint as ckpt
+
+        if self.local:
+            latest = ckpt.find_latest(self.path)
+            return str(latest) if latest else None
+        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
+        steps = sorted(
+            (ckpt.checkpoint_step(info.path), info.path)
+            for info in found
+            if info.type == fs.FileType.Directory and ckpt.checkpoint_step(info.path) is not None
+        )
+        for _, remote in reversed(steps):
+            state = f"{remote}/{ckpt.TRAINER_STATE_NAME}"
+            if self.filesystem.get_file_info(state).type == fs.FileType.File:
+                local = Path(self.output_dir) / Path(remote).name
+                fs.copy_files(remote, str(local), source_filesystem=self.filesystem)
+                return str(local)
+        return None
+
+    def persist(self, checkpoint: Path) -> None:
+        """Copy a checkpoint the loop has just saved (and rotated) up to remote storage; a no-op on a local one."""
+        if self.local:
+            return
+        from pyarrow import fs
+
+        from tunetrain import checkpoint as ckpt
+
+        remote = f"{self.path}/{checkpoint.name}"
+        self.filesystem.create_dir(remote, recursive=True)
+        files = sorted(checkpoint.iterdir(), key=lambda p: p.name == ckpt.TRAINER_STATE_NAME)  # the marker last
+        for file in files:
+            fs.copy_files(str(file), f"{remote}/{file.name}", destination_filesystem=self.filesystem)
+        kept = {p.name for p in ckpt.list_checkpoints(self.output_dir)}
+        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
+        for info in found:
+            name = Path(info.path).name
+            if ckpt.checkpoint_step(name) is not None and name not in kept:
+                self.filesystem.delete_dir(info.path)
+
+    def location(self, checkpoint: str) -> str:
+        """Where a checkpoint of the loop's output dir lives in the storage."""
+        return checkpoint if self.local else f"{self.uri}/{Path(checkpoint).name}"
+
+    def close(self) -> None:
+        if not self.local:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
+
+ENDED_NAME = "ended.json"  # in a trial's dir, written by the driver when the trial has ended for good
+
+
+def _ended_status(filesystem: Any, trial_path: str) -> str | None:
+    """The status an ended trial ended with, or None while it has not ended (or errored: it may be resumed)."""
+    path = f"{trial_path}/{ENDED_NAME}"
+    try:
+        if filesystem is None:
+            return json.loads(Path(path).read_text())["status"]
+        with filesystem.open_input_stream(path) as stream:
+            return json.loads(stream.read().decode())["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_ended(filesystem: Any, trial_path: str, status: str) -> None:
+    data = json.dumps({"status": status}).encode()
+    if filesystem is None:
+        Path(trial_path).mkdir(parents=True, exist_ok=True)
+        tmp = Path(trial_path) / f".{ENDED_NAME}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(Path(trial_path) / ENDED_NAME)
+        return
+    filesystem.create_dir(trial_path, recursive=True)
+    with filesystem.open_output_stream(f"{trial_path}/{ENDED_NAME}") as stream:
+        stream.write(data)
 
 
 class _TuneReporter(Reporter):
-    """Every evaluation becomes one `tune.report`, carrying the checkpoint saved at that evaluation."""
+    """Every evaluation becomes one `tune.report`; the checkpoint saved at it stays in the trial's own dir.
 
-    def __init__(self, metric: str) -> None:
+    The first and the last report of a run carry a token checkpoint for Ray (a file naming the trial's dir), for
+    the snapshot Ray takes after each checkpoint: the trial is in Ray's saved state from its first evaluation on,
+    and shows there as about to end at its last.
+    """
+
+    def __init__(self, metric: str, store: _TrialStore) -> None:
         self.metric = metric
+        self.store = store
+        self.reports = 0
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
         from tunetrain.tuning.common import evaluation_report
 
-        report = evaluation_report(metrics, state)
-        report[OBJECTIVE] = state.best_metric if state.best_metric is not None else metrics[self.metric]
+        values = evaluation_report(metrics, state)
         if control.reason == "early_stopping":  # the run's own patience ran out: this is its last report
-            report["early_stopped"] = True
-        if checkpoint is None:
+            values["early_stopped"] = True
+        if checkpoint is not None:
+            self.store.persist(checkpoint)
+        if state.best_model_checkpoint:
+            values["best_checkpoint"] = self.store.location(state.best_model_checkpoint)
+        objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
+        report = {OBJECTIVE: objective, EVALUATION: state.num_evaluations, METRICS: json.dumps(values, default=str)}
+        self.reports += 1
+        if self.reports > 1 and state.global_step < state.max_steps and not control.should_stop:
             tune.report(report)
             return
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
-        # Ray has persisted its own copy in the experiment's storage: the trial's copy is no longer needed
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="tunetrain-token-") as token:
+            (Path(token) / "tunetrain.json").write_text(json.dumps({"trial_dir": self.store.path}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
 
 
 # ---------------------------------------------------------------------- in the driver
@@ -379,7 +500,7 @@ class _EarlyStopRecordingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and result.get("training_iteration", 0) < self._max_t:
+        if decision == self.STOP and result.get(EVALUATION, 0) < self._max_t:
             _STOPPED_EARLY.add(trial.trial_id)
         return decision
 
@@ -387,12 +508,23 @@ class _EarlyStopRecordingASHA(ASHAScheduler):
 class _PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
+        super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ended = _ENDED.get(trial_id)
+        if ended is not None and not error:  # Ray's last result of it predates its end: tell Optuna how it ended
+            if ended.status == "pruned":
+                _STOPPED_EARLY.add(trial_id)
+            result = (
+                {OBJECTIVE: ended.best_metric, EVALUATION: ended.evaluations} if ended.best_metric is not None else None
+            )
         if trial_id in _STOPPED_EARLY and not error:
             # Ray does not pass the result at which ASHA stopped a trial to the searcher: report it here, then no
             # value with no error makes OptunaSearch tell the trial PRUNED (its intermediate values stay)
             if result and OBJECTIVE in result and trial_id in self._ot_trials:
-                self._ot_trials[trial_id].report(result[OBJECTIVE], result["training_iteration"])
+                self._ot_trials[trial_id].report(result[OBJECTIVE], result[EVALUATION])
             super().on_trial_complete(trial_id, result=None, error=False)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -409,46 +541,57 @@ class _Bookkeeper(tune.Callback):
         self.total = total
         self._book = None
         self._progress = None
-        self._checkpoints: dict[str, list[tuple[float, str]]] = {}
+        self._filesystem = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into its experiment state: no open files
         state = dict(self.__dict__)
-        state.update(_book=None, _progress=None, _checkpoints={})
+        state.update(_book=None, _progress=None, _filesystem=None)
         return state
 
     def setup(self, **info: Any) -> None:
+        from pyarrow import fs
+
         from tunetrain.results import ResultsBook
         from tunetrain.tuning.common import Progress
         from tunetrain.tuning.config import resolve_storage
 
         filesystem, _ = resolve_storage(self.storage)
+        self._filesystem = None if isinstance(filesystem, fs.LocalFileSystem) else filesystem
         self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=filesystem)
         self._book.load()
         self._progress = Progress(self._book, self.total)
+        _ENDED.clear()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        number = self._book.trials[trial.trial_id].number if trial.trial_id in self._book.trials else None
-        self._book.start(trial.trial_id, len(self._book.trials) if number is None else number, dict(trial.config))
+        record = self._book.trials.get(trial.trial_id)
+        if record is not None and record.status in _FINAL:
+            # Ray's state predates this trial's end; the trial returns at once (its dir says it ended): its record
+            # stays as it is, and the searcher is told what it ended with
+            _ENDED[trial.trial_id] = record
+            logger.info(
+                "trial %s had ended (%s) before the driver stopped: not run again", trial.trial_id, record.status
+            )
+            return
+        number = record.number if record is not None else len(self._book.trials)
+        self._book.start(trial.trial_id, number, dict(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self._book.trials:
             self.on_trial_start(iteration, trials, trial)
-        metrics = {k: v for k, v in result.items() if k in (self.metric, "evaluation", "step", "epoch")}
-        metrics.update({k: v for k, v in result.items() if k.startswith("eval_")})
+        values = _values(result)
+        metrics = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
+        metrics.update({k: v for k, v in values.items() if k.startswith("eval_")})
         self._book.report(trial.trial_id, metrics)
-        self._maybe_best_checkpoint(trial)
+        if values.get("best_checkpoint"):
+            self._book.trials[trial.trial_id].best_checkpoint = values["best_checkpoint"]
         self._progress.update()
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        value = (trial.last_result or {}).get(self.metric)
-        if value is not None:
-            self._checkpoints.setdefault(trial.trial_id, []).append((float(value), checkpoint.path))
-            self._maybe_best_checkpoint(trial)
-
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in _ENDED:
+            return
         if trial.trial_id in _STOPPED_EARLY:
             status = "pruned"  # by ASHA, as the Optuna backend's pruner
-        elif (trial.last_result or {}).get("early_stopped"):
+        elif _values(trial.last_result).get("early_stopped"):
             status = "stopped_early"  # by the run's early_stopping_patience, as in the Optuna backend
         else:
             status = "completed"
@@ -464,30 +607,35 @@ class _Bookkeeper(tune.Callback):
         self._finish(trial, "errored", message)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # a trial the killed driver had started after Ray's last snapshot is unknown to the restored search, which
+        # ran another in its place: say so rather than leave it 'running' for ever
+        known = {trial.trial_id for trial in trials}
+        for record in self._book.trials.values():
+            if record.status == "running" and record.trial_id not in known and not _CONFIG_ERRORS:
+                reason = "lost: started after the search state was last saved, before the driver died"
+                self._book.finish(record.trial_id, "errored", error=reason)
         self._book.flush(force=True)
         self._progress.final(self._book.result())
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         if trial.trial_id not in self._book.trials:
             self.on_trial_start(0, [], trial)
-        self._maybe_best_checkpoint(trial)
         self._book.finish(trial.trial_id, status, error=error)
+        if status in _FINAL:
+            _write_ended(self._filesystem, f"{self.exp_path}/trials/{trial.trial_id}", status)
         self._progress.update()
 
-    def _maybe_best_checkpoint(self, trial: Any) -> None:
-        """The trial's best checkpoint that Ray still keeps: among equal values, the latest (Ray keeps that one)."""
-        record = self._book.trials.get(trial.trial_id)
-        saved = self._checkpoints.get(trial.trial_id)
-        if record is None or not saved or record.best_metric is None:
-            return
-        kept = [(value, path) for value, path in saved if _exists(path)]
-        best = [path for value, path in kept if value == record.best_metric]
-        if best:
-            record.best_checkpoint = best[-1]
+
+_FINAL = ("completed", "stopped_early", "pruned")  # errored trials may run again (resume_errored)
+# Trials whose end the results recorded but Ray's restored state did not: trial id -> its TrialRecord
+_ENDED: dict[str, Any] = {}
 
 
-def _exists(path: str) -> bool:
-    return "://" in path or Path(path).exists()
+def _values(result: dict | None) -> dict[str, Any]:
+    """What a trial reported of one evaluation (see _TuneReporter)."""
+    if not result or METRICS not in result:
+        return {}
+    return json.loads(result[METRICS])
 
 
 def _trial_error(trial: Any) -> BaseException | None:
