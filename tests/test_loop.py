@@ -391,3 +391,29 @@ def test_parquet_datasets(tmp_path):
     assert train(from_file, _args(tmp_path, eval_strategy="no", num_train_epochs=1)).global_step == 15
     with pytest.raises(ConfigError, match="does not exist"):
         Task(model_init=task.model_init, train_dataset=str(tmp_path / "missing.parquet"))
+
+
+@pytest.mark.parametrize("kind", ["tensors", "arrow"])
+def test_batched_fetching_gives_the_batches_of_per_example_fetching(kind):
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    from tunetrain.data import BatchedView, batched
+
+    dataset = tiny_task.dict_task().train_dataset if kind == "arrow" else tiny_task.task().train_dataset
+    view, collate_fn = batched(dataset, None)
+    assert isinstance(view, BatchedView)
+
+    def batches(data, collate):
+        generator = torch.Generator().manual_seed(3)
+        loader = DataLoader(data, batch_size=16, sampler=RandomSampler(data, generator=generator), collate_fn=collate)
+        return list(loader)
+
+    plain, fast = batches(dataset, None), batches(view, collate_fn)
+    assert len(plain) == len(fast) == 15
+    for a, b in zip(plain, fast, strict=True):
+        pairs = [(a[k], b[k]) for k in a] if isinstance(a, dict) else list(zip(a, b, strict=True))
+        assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in pairs)
+    # a custom collate_fn, or a dataset of another type, is left alone
+    assert batched(dataset, torch.utils.data.default_collate)[0] is dataset
+    subclass = type("Sub", (TensorDataset,), {})(torch.zeros(4, 2))
+    assert batched(subclass, None) == (subclass, None)

@@ -62,8 +62,9 @@ class TrainerState:
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
-        # the fields as they are (asdict would deep-copy log_history, which grows with every evaluation)
-        return json.dumps(vars(self), indent=2, allow_nan=True)
+        # the fields as they are (asdict would deep-copy log_history, which grows with every evaluation), on one line:
+        # json's C encoder only runs without `indent`, and this file is written at every save
+        return json.dumps(vars(self), allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainerState:

@@ -8,15 +8,18 @@ tensors once, when the dataset is built, so `__getitem__` only indexes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from tunetrain.errors import TaskError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class ArrowDataset(Dataset):
@@ -39,6 +42,42 @@ class ArrowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {name: values[index] for name, values in self.columns.items()}
+
+
+class BatchedView(Dataset):
+    """A `TensorDataset` or `ArrowDataset` that a DataLoader fetches a batch at a time: `__getitems__` indexes
+    each tensor once with the batch's indices, where fetching example by example and stacking them (torch's
+    default collation) costs a Python call per example. The batches, their order and their values are the same;
+    the DataLoader's `collate_fn` must be `unwrap_batch`.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if isinstance(self.dataset, ArrowDataset):
+            return [{name: values[index] for name, values in self.dataset.columns.items()}]
+        return [tuple(tensor[index] for tensor in self.dataset.tensors)]
+
+
+def unwrap_batch(items: list[Any]) -> Any:
+    """The collate_fn of a DataLoader over a `BatchedView`: its one item is the whole batch."""
+    return items[0]
+
+
+def batched(dataset: Any, collate_fn: Callable | None) -> tuple[Any, Callable | None]:
+    """The dataset and collate_fn a DataLoader should use: a `BatchedView` where the batch is the same with it
+    (a TensorDataset or ArrowDataset, exactly those types, collated by torch's default), else both unchanged."""
+    if collate_fn is None and type(dataset) in (TensorDataset, ArrowDataset):
+        return BatchedView(dataset), unwrap_batch
+    return dataset, collate_fn
 
 
 def as_dataset(data: Any, what: str) -> Any:

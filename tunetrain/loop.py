@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from tunetrain import checkpoint as ckpt
 from tunetrain.args import TrainingArguments, field_names
+from tunetrain.data import batched
 from tunetrain.errors import CheckpointError, ConfigError
 from tunetrain.reporting import ConsoleReporter, OptunaReporter, Reporter, TensorBoardReporter, TrainerControl
 from tunetrain.task import Task, load_task
@@ -357,11 +358,12 @@ class Trainer:
         model = self.model
         was_training = model.training
         model.eval()
+        dataset, collate_fn = batched(dataset, self.task.collate_fn)
         loader = DataLoader(
             dataset,
             batch_size=self.run_args.per_device_eval_batch_size,
             sampler=SequentialSampler(dataset),
-            collate_fn=self.task.collate_fn,
+            collate_fn=collate_fn,
             num_workers=self.run_args.dataloader_num_workers,
             generator=torch.Generator().manual_seed(0),  # not the global RNG: evaluating must not shift training
         )
@@ -475,11 +477,13 @@ class Trainer:
         # one generator, reseeded with seed + epoch before each epoch: the batch order is a function of the epoch
         # alone, so a resumed run sees the same order, and the global RNG (dropout) is not drawn from by the loader
         generator = torch.Generator()
+        # a batch of a TensorDataset / ArrowDataset is fetched with one indexing per tensor (same batches)
+        dataset, collate_fn = batched(self.task.train_dataset, self.task.collate_fn)
         loader = DataLoader(
-            self.task.train_dataset,
+            dataset,
             batch_size=batch_size,
-            sampler=RandomSampler(self.task.train_dataset, generator=generator),
-            collate_fn=self.task.collate_fn,
+            sampler=RandomSampler(dataset, generator=generator),
+            collate_fn=collate_fn,
             num_workers=args.dataloader_num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
             persistent_workers=args.dataloader_num_workers > 0,
