@@ -397,6 +397,7 @@ class _TrialStore:
             state = f"{remote}/{ckpt.TRAINER_STATE_NAME}"
             if self.filesystem.get_file_info(state).type == fs.FileType.File:
                 local = Path(self.output_dir) / Path(remote).name
+                local.mkdir(parents=True, exist_ok=True)
                 fs.copy_files(remote, str(local), source_filesystem=self.filesystem)
                 return str(local)
         return None
