@@ -288,8 +288,9 @@ def test_int_log_with_step_one_is_allowed():
 
 
 def _is_on_grid(value: float, low: float, step: float) -> bool:
-    k = (value - low) / step
-    return abs(k - round(k)) < 1e-9
+    # low + k * step, to the precision floats of this magnitude have (a few ulps)
+    nearest = low + round((value - low) / step) * step
+    return abs(value - nearest) <= 8 * math.ulp(max(abs(value), abs(low), abs(step)))
 
 
 def test_sample_respects_bounds_log_step_and_conditions():
