@@ -417,3 +417,35 @@ def test_batched_fetching_gives_the_batches_of_per_example_fetching(kind):
     assert batched(dataset, torch.utils.data.default_collate)[0] is dataset
     subclass = type("Sub", (TensorDataset,), {})(torch.zeros(4, 2))
     assert batched(subclass, None) == (subclass, None)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_diverging_loss_stops_the_run_before_it_is_saved(tmp_path, tiny_task, value):
+    from tunetrain.errors import NonFiniteLossError
+
+    args = _args(tmp_path, logging_steps=100)  # no log line in between: the eval / save steps check the loss
+    with pytest.raises(NonFiniteLossError, match=rf"training loss became {value} in steps 7-12; the run stopped"):
+        Trainer(tiny_task, args).train(trial={"diverge_after": 10, "diverge_to": value})
+    # the checkpoint of step 6 is there; nothing was saved from the diverged weights
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["checkpoint-6"]
+
+
+def test_tunetrain_train_reports_a_diverged_run_in_one_line(tmp_path, capsys):
+    from tunetrain.cli import main
+
+    experiment = tmp_path / "x.yaml"
+    experiment.write_text(
+        json.dumps(
+            {
+                "name": "diverges",
+                "task": f"{Path(tiny_task.__file__)}:task",
+                "train": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "logging_steps": 5,
+                          "output_dir": str(tmp_path / "run"), "report_to": "none"},
+                "params": {"diverge_after": 3},
+            }
+        )
+    )  # fmt: skip
+    assert main(["train", str(experiment)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "tunetrain: error: the training loss became nan in steps 1-5; the run stopped"
+    assert not any("Traceback" in line for line in err)

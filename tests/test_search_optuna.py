@@ -427,3 +427,20 @@ def test_a_search_metric_other_than_the_runs_decides_each_trials_best(tmp_path: 
         assert study.trials[record.number].value == record.best_metric
         args = json.loads((Path(record.best_checkpoint) / ckpt.ARGS_NAME).read_text())
         assert (args["metric_for_best_model"], args["greater_is_better"]) == ("eval_accuracy", True)
+
+
+def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_never_best(
+    tmp_path: Path, start_steps: list
+) -> None:
+    space = {"diverge_after": {"type": "categorical", "choices": [0, 20]}}  # 0: trains normally
+    experiment = _experiment(tmp_path, space=space, num_trials=2, max_failures=2, scheduler="none", sampler="grid")
+    result = _search(experiment)
+    by_status = {t.status: t for t in result.trials}
+    assert set(by_status) == {"completed", "errored"}
+    diverged = by_status["errored"]
+    assert diverged.params == {"diverge_after": 20}
+    assert diverged.error == "NonFiniteLossError: the training loss became nan in steps 16-30; the run stopped"
+    assert [step for trial_id, step in start_steps if trial_id == diverged.trial_id] == [0]  # no retry
+    assert result.best.trial_id == by_status["completed"].trial_id
+    states = {f"trial-{t.number:04d}": t.state for t in _study(result.experiment_dir).trials}
+    assert states[diverged.trial_id] == TrialState.FAIL

@@ -241,3 +241,22 @@ def test_early_stopping_patience_ends_a_trial_as_stopped_early(tmp_path):
     experiment.search["points_to_evaluate"] = [{"hidden": 8}]
     (trial,) = search(experiment).trials
     assert (trial.status, trial.evaluations) == ("stopped_early", 3)
+
+
+def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_the_search_goes_on(tmp_path):
+    experiment = _experiment(tmp_path, epochs=2, num_trials=2, max_failures=2, scheduler="none")
+    experiment.space = experiment.space.from_mapping({"diverge_after": {"type": "categorical", "choices": [0, 20]}})
+    experiment.search["sampler"] = "grid"
+    result = search(experiment)
+    by_value = {t.params["diverge_after"]: t for t in result.trials}
+    diverged = by_value[20]
+    assert diverged.status == "errored"
+    assert diverged.error == "NonFiniteLossError: the training loss became nan in steps 16-30; the run stopped"
+    assert diverged.evaluations == 1  # epoch 1 was evaluated (finite); the loss diverged in epoch 2
+    assert by_value[0].status == "completed" and result.best.trial_id == by_value[0].trial_id
+    # one attempt (Ray's retries would have resumed from checkpoint-15 and diverged again), and it stays ended
+    assert json.loads((Path(result.experiment_dir) / "trials" / diverged.trial_id / "ended.json").read_text()) == {
+        "status": "errored"
+    }
+    events = list((Path(result.experiment_dir) / "tensorboard" / diverged.trial_id).glob("events.*"))
+    assert len(events) == 1

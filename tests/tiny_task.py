@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,34 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
 def model_init(params: dict[str, Any]) -> torch.nn.Module:
     hidden = int(params.get("hidden", 16))
     dropout = float(params.get("dropout", 0.1))
-    return torch.nn.Sequential(
+    model = torch.nn.Sequential(
         torch.nn.Linear(12, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 4)
     )
+    if params.get("diverge_after"):
+        return Diverging(model, int(params["diverge_after"]), float(params.get("diverge_to", "nan")))
+    return model
+
+
+class Diverging(torch.nn.Module):
+    """From training forward pass `after` + 1 on, its loss becomes NaN (`value` nan: NaN logits) or inf (`value`
+    inf: class 0's logit is -inf, so an example labelled 0 has an infinite cross-entropy)."""
+
+    def __init__(self, inner: torch.nn.Module, after: int, value: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.after = after
+        self.value = value
+        self.passes = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        if self.training:
+            self.passes += 1
+            if self.passes > self.after and math.isnan(self.value):
+                return logits * self.value
+            if self.passes > self.after:
+                return torch.cat([torch.full_like(logits[:, :1], -self.value), logits[:, 1:]], dim=1)
+        return logits
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, NonFiniteLossError
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tunetrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NonFiniteLossError as exc:  # the run diverged: an outcome of its params, not a bug to trace
+        print(f"tunetrain: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("tunetrain: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -22,6 +22,11 @@ class TaskError(ConfigError):
     """A task path that does not import, names nothing, or names something that is not a task."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged (too high a learning rate, say). Not a mistake in
+    the config but an outcome of these params: a search marks the trial errored with this message and goes on."""
+
+
 def did_you_mean(word: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
     """` (did you mean `x`?)` for the closest candidate, or "" (for messages that name an unknown key).
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tunetrain import checkpoint as ckpt
 from tunetrain.args import TrainingArguments, field_names
 from tunetrain.data import batched
-from tunetrain.errors import CheckpointError, ConfigError
+from tunetrain.errors import CheckpointError, ConfigError, NonFiniteLossError
 from tunetrain.reporting import ConsoleReporter, OptunaReporter, Reporter, TensorBoardReporter, TrainerControl
 from tunetrain.task import Task, load_task
 
@@ -168,6 +168,7 @@ class Trainer:
         # the partial sum its checkpoint saved, which is not this call's work
         start_time = time.perf_counter()
         start_step = state.global_step
+        self._loss_finite_through = start_step  # the last step whose loss (and every one before) was checked finite
         samples_seen = 0
         counters = _LossCounters(carried=state.logging_loss_sum)
         window_loss = torch.tensor(state.logging_loss_sum, device=accelerator.device)
@@ -218,6 +219,8 @@ class Trainer:
             logger.info("loaded the best model from %s", state.best_model_checkpoint)
         steps_done = state.global_step - start_step
         training_loss = counters.total(window_loss) / steps_done if steps_done else float("nan")
+        if steps_done and not math.isfinite(training_loss):
+            raise NonFiniteLossError(f"the training loss became {training_loss} in this run's last steps")
         runtime = time.perf_counter() - start_time
         metrics = {
             "train_runtime": round(runtime, 4),
@@ -286,9 +289,19 @@ class Trainer:
         ignore_keys: list[str] | None,
     ) -> torch.Tensor:
         step = state.global_step
-        if _due(args.logging_strategy, args.logging_steps, step, end_of_epoch) and state.logging_loss_steps:
-            # note: .item() is a device sync; only here, at logging steps
-            window_sum = window_loss.item()
+        log_due = _due(args.logging_strategy, args.logging_steps, step, end_of_epoch) and state.logging_loss_steps
+        eval_due = _due(args.eval_strategy, args.eval_steps, step, end_of_epoch) and self.task.eval_dataset is not None
+        save_due = _due(args.save_strategy, args.save_steps, step, end_of_epoch) and self.accelerator.is_main_process
+        if not (log_due or eval_due or save_due):
+            return window_loss
+        # .item() is a device sync: only at the steps that log, evaluate or save. A NaN or inf loss since the last
+        # log line stops the run here, before its weights are evaluated or saved
+        window_sum = window_loss.item()
+        if not math.isfinite(window_sum):
+            first = self._loss_finite_through + 1
+            raise NonFiniteLossError(f"the training loss became {window_sum} in steps {first}-{step}; the run stopped")
+        self._loss_finite_through = step
+        if log_due:
             counters.logged += window_sum
             logs = {
                 "loss": window_sum / state.logging_loss_steps,
@@ -303,12 +316,12 @@ class Trainer:
             window_loss = torch.zeros_like(window_loss)
             state.logging_loss_steps = 0
         metrics = None
-        if _due(args.eval_strategy, args.eval_steps, step, end_of_epoch) and self.task.eval_dataset is not None:
+        if eval_due:
             metrics = self._evaluate(self.task.eval_dataset, ignore_keys, "eval")
             metrics["epoch"] = state.epoch
             self._track_best(args, state, control, metrics)
         saved = None
-        if _due(args.save_strategy, args.save_steps, step, end_of_epoch) and self.accelerator.is_main_process:
+        if save_due:
             state.logging_loss_sum = window_loss.item()
             if state.best_global_step == step:
                 state.best_model_checkpoint = str(Path(args.output_dir) / f"{ckpt.PREFIX}-{step}")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, NonFiniteLossError
 from tunetrain.reporting import Reporter
 
 if TYPE_CHECKING:
@@ -263,6 +263,8 @@ class _TrialRunner:
             except Exception as exc:
                 if isinstance(exc, ConfigError) or _is_pruned(exc):
                     raise
+                if isinstance(exc, NonFiniteLossError):  # from its checkpoint it would diverge again: no retry
+                    raise _TrialErrored(str(exc)) from exc
                 if failures >= self.config.max_failures:
                     raise _TrialErrored(str(exc)) from exc
                 failures += 1

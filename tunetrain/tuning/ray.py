@@ -37,7 +37,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, NonFiniteLossError
 from tunetrain.reporting import Reporter
 
 if TYPE_CHECKING:
@@ -347,7 +347,12 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
         )
         reporter = _TuneReporter(spec.config.metric, store)
         trainer = Trainer(_TASKS[experiment.task], args, experiment.space, reporters=[reporter], console=False)
-        trainer.train(trial=params, resume_from_checkpoint=store.latest())
+        try:
+            trainer.train(trial=params, resume_from_checkpoint=store.latest())
+        except NonFiniteLossError as exc:
+            # not raised to Ray, which would retry it: from its last checkpoint the trial would diverge again. It
+            # ends with a report that says why; the driver marks it errored and Optuna is told FAIL
+            reporter.report_error(trainer.state, f"{type(exc).__name__}: {exc}")
     finally:
         store.close()
 
@@ -492,6 +497,12 @@ class _TuneReporter(Reporter):
             (Path(token) / "tunetrain.json").write_text(json.dumps({"trial_dir": self.store.path}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
 
+    def report_error(self, state: Any, message: str) -> None:
+        """The trial's last report: why it ended (its evaluations so far stand, but it is not ranked)."""
+        best = state.best_metric if state is not None and state.best_metric is not None else float("nan")
+        evaluations = state.num_evaluations if state is not None else 0
+        tune.report({OBJECTIVE: best, EVALUATION: evaluations, METRICS: json.dumps({"error": message})})
+
 
 # ---------------------------------------------------------------------- in the driver
 
@@ -500,6 +511,8 @@ class _EarlyStopRecordingASHA(ASHAScheduler):
     """ASHA that records which trials it stopped before their budget (max_t)."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if _values(result).get("error"):  # the trial's last report, ending it: no rung for it
+            return self.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP and result.get(EVALUATION, 0) < self._max_t:
             _STOPPED_EARLY.add(trial.trial_id)
@@ -510,12 +523,20 @@ class _PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if _values(result).get("error"):
+            return
         # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
         super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if _values(result).get("error"):  # it diverged: FAIL, as Optuna does with a NaN objective
+            super().on_trial_complete(trial_id, result=None, error=True)
+            return
         ended = _ENDED.get(trial_id)
         if ended is not None and not error:  # Ray's last result of it predates its end: tell Optuna how it ended
+            if ended.status == "errored":
+                super().on_trial_complete(trial_id, result=None, error=True)
+                return
             if ended.status == "pruned":
                 _STOPPED_EARLY.add(trial_id)
             result = (
@@ -565,7 +586,7 @@ class _Bookkeeper(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
-        if record is not None and record.status in _FINAL:
+        if record is not None and _ended_status(self._filesystem, self._trial_path(trial)) is not None:
             # Ray's state predates this trial's end; the trial returns at once (its dir says it ended): its record
             # stays as it is, and the searcher is told what it ended with
             _ENDED[trial.trial_id] = record
@@ -580,6 +601,8 @@ class _Bookkeeper(tune.Callback):
         if trial.trial_id not in self._book.trials:
             self.on_trial_start(iteration, trials, trial)
         values = _values(result)
+        if values.get("error"):
+            return
         metrics = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
         metrics.update({k: v for k, v in values.items() if k.startswith("eval_")})
         self._book.report(trial.trial_id, metrics)
@@ -589,6 +612,11 @@ class _Bookkeeper(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in _ENDED:
+            return
+        error = _values(trial.last_result).get("error")
+        if error:  # the trial ended itself on an error it must not be retried for (a diverged loss)
+            self._finish(trial, "errored", error)
+            _write_ended(self._filesystem, self._trial_path(trial), "errored")  # nor rerun on resume
             return
         if trial.trial_id in _STOPPED_EARLY:
             status = "pruned"  # by ASHA, as the Optuna backend's pruner
@@ -623,11 +651,15 @@ class _Bookkeeper(tune.Callback):
             self.on_trial_start(0, [], trial)
         self._book.finish(trial.trial_id, status, error=error)
         if status in _FINAL:
-            _write_ended(self._filesystem, f"{self.exp_path}/trials/{trial.trial_id}", status)
+            _write_ended(self._filesystem, self._trial_path(trial), status)
         self._progress.update()
 
+    def _trial_path(self, trial: Any) -> str:
+        return f"{self.exp_path}/trials/{trial.trial_id}"
 
-_FINAL = ("completed", "stopped_early", "pruned")  # errored trials may run again (resume_errored)
+
+# ended for good (ended.json); an errored trial may run again (resume_errored), unless it ended itself (diverged)
+_FINAL = ("completed", "stopped_early", "pruned")
 # Trials whose end the results recorded but Ray's restored state did not: trial id -> its TrialRecord
 _ENDED: dict[str, Any] = {}
 
