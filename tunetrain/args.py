@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunetrain.errors import ConfigError, did_you_mean
+from tunetrain.errors import ConfigError, did_you_mean, show_value
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -156,7 +156,10 @@ def _coerce(name: str, value: Any, kind: tuple[str, bool]) -> Any:
                     return number
     elif type_name == "str" and isinstance(value, str):
         return value
-    raise ConfigError(f"`{name}` is {value!r} ({type(value).__name__}), but must be a {type_name}")
+    shown = show_value(value)
+    if value is None or type(value) in (str, int, float, bool):  # show_value leaves a scalar's type out
+        shown = f"{shown} ({type(value).__name__})"
+    raise ConfigError(f"`{name}` is {shown}, but must be a {type_name}")
 
 
 def _check_choices(args: TrainingArguments) -> None:
@@ -170,7 +173,7 @@ def _check_choices(args: TrainingArguments) -> None:
     ):
         value = getattr(args, name)
         if value not in allowed:
-            raise ConfigError(f"`{name}` is {value!r}, but must be one of {' | '.join(allowed)}")
+            raise ConfigError(f"`{name}` is {show_value(value)}, but must be one of {' | '.join(allowed)}")
 
 
 def _check_ranges(args: TrainingArguments) -> None:

@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
@@ -46,9 +47,21 @@ def did_you_mean(word: object, candidates: Iterable[str], *, cutoff: float = 0.6
     return f" (did you mean `{match[0]}`?)" if match else ""
 
 
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 56, 56
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+
+
 def show_value(value: object) -> str:
-    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar."""
-    text = repr(value)
+    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar.
+
+    Bounded however big the value is: nested containers are cut after a few items and two levels (a YAML alias
+    bomb holds billions of items by reference), an integer too long to print is shown by its size.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    else:
+        text = _SHORT.repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     if value is None or type(value) in (str, int, float, bool):

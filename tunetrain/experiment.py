@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tunetrain.args import TrainingArguments, field_names
-from tunetrain.errors import ConfigError, did_you_mean
+from tunetrain.errors import ConfigError, did_you_mean, show_value
 from tunetrain.space import SearchSpace
 
 TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
@@ -69,18 +69,57 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if path.stat().st_size > _MAX_FILE_BYTES:
         raise ConfigError(f"experiment file {str(path)!r} is larger than {_MAX_FILE_BYTES} bytes")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"experiment file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
+    raw = read_yaml(text, f"experiment file {str(path)!r}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        experiment = experiment_from_dict(raw)
+    except RecursionError:
+        raise ConfigError(f"experiment file {str(path)!r} is nested too deeply") from None
+    experiment.path = path
+    return experiment
+
+
+def read_yaml(text: str, what: str) -> Any:
+    """`text` parsed as YAML (safe: plain data only), or a ConfigError naming `what` and where the problem is.
+
+    A key given twice in one mapping is an error (YAML would keep the last silently); nesting deeper than Python
+    can follow and numbers too long to convert are errors too, not tracebacks.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"experiment file {str(path)!r} is not valid YAML{where}: {problem}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"experiment file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
-    raw = apply_overrides(raw, overrides)
-    experiment = experiment_from_dict(raw)
-    experiment.path = path
-    return experiment
+        raise ConfigError(f"{what} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{what} holds a value that cannot be read: {str(exc).split(';')[0]}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping holding one key twice (merge keys, `<<`, may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader says so below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {show_value(key)} appears twice (first on line {first + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
@@ -97,10 +136,7 @@ def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
             raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. train.num_train_epochs=5")
         if parts[0] not in TOP_LEVEL_KEYS:
             raise ConfigError(f"--set {item!r}: {parts[0]!r} is not a section{did_you_mean(parts[0], TOP_LEVEL_KEYS)}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        value = read_yaml(text, f"--set {item!r}: the value")
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -124,7 +160,7 @@ def experiment_from_dict(raw: Any) -> Experiment:
     name = _check_name(raw.get("name"), errors)
     task = raw.get("task")
     if not isinstance(task, str) or ":" not in task:
-        errors.append(f"`task` is {task!r}, but must be 'pkg.module:attr' or 'path/to/file.py:attr'")
+        errors.append(f"`task` is {show_value(task)}, but must be 'pkg.module:attr' or 'path/to/file.py:attr'")
     train = _section(raw, "train", errors)
     errors.extend(_train_errors(train))
     space = None
@@ -149,7 +185,10 @@ def experiment_from_dict(raw: Any) -> Experiment:
 
 def _check_name(name: Any, errors: list[str]) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        errors.append(f"`name` is {name!r}, but must be 1-128 letters, digits, '_', '.' or '-' (it names a directory)")
+        errors.append(
+            f"`name` is {show_value(name)}, but must be 1-128 letters, digits, '_', '.' or '-', starting with a letter "
+            "or digit (it names a directory)"
+        )
         return ""
     return name
 

@@ -604,7 +604,9 @@ def _choice_problem(choice: Any) -> str | None:
 def _duplicate_choice_problem(path: str, choice: Any, twin: Any) -> str:
     if type(choice) is type(twin):
         return f"`{path}` has {show_value(choice)} twice"
-    return f"`{path}` has {twin!r} and {choice!r}, which compare equal (Optuna cannot tell them apart)"
+    return (
+        f"`{path}` has {show_value(twin)} and {show_value(choice)}, which compare equal (Optuna cannot tell them apart)"
+    )
 
 
 def _required_bound(
@@ -789,7 +791,8 @@ def _inactive_reason(param: Param, chosen: Mapping[str, Any]) -> str:
         f"{parent} is {' or '.join(repr(value) for value in values)}" for parent, values in (param.when or {}).items()
     )
     actual = ", ".join(
-        f"{parent} is {chosen[parent]!r}" if parent in chosen else f"{parent} is not set" for parent in param.when or {}
+        f"{parent} is {show_value(chosen[parent])}" if parent in chosen else f"{parent} is not set"
+        for parent in param.when or {}
     )
     return f"{param.name} is only used when {condition} ({actual})"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import TaskError
+from tunetrain.errors import ConfigError, TaskError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,7 +84,12 @@ def load_task(spec: str | Task) -> Task:
         return obj
     if not callable(obj):
         raise TaskError(f"task {spec!r} is a {type(obj).__name__}, but must be a Task or a function returning one")
-    task = obj()
+    try:
+        task = obj()
+    except ConfigError:
+        raise
+    except Exception as exc:  # the task's own code failed: say what, in one line (the cause stays chained)
+        raise TaskError(f"task {spec!r}: calling {attr} raised {type(exc).__name__}: {_first_line(exc)}") from exc
     if not isinstance(task, Task):
         raise TaskError(f"task {spec!r} returned a {type(task).__name__}, but must return a tunetrain.Task")
     if not task.name:
@@ -105,13 +110,24 @@ def _import_task_module(module_name: str, spec: str) -> Any:
         sys.modules[unique] = module
         try:
             loader_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[unique]
-            raise TaskError(f"task {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+            raise _import_error(spec, module_name, exc) from exc
         return module
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise TaskError(f"task {spec!r}: no module named {exc.name!r}") from exc
-    except Exception as exc:
-        raise TaskError(f"task {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise _import_error(spec, module_name, exc) from exc
+
+
+def _import_error(spec: str, module_name: str, exc: BaseException) -> TaskError:
+    if isinstance(exc, SystemExit):  # a module that calls sys.exit() when imported (a script, not a module)
+        return TaskError(f"task {spec!r}: importing {module_name!r} called sys.exit({exc.code!r})")
+    return TaskError(f"task {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tunetrain.errors import ConfigError, did_you_mean
+from tunetrain.errors import ConfigError, did_you_mean, show_value
 from tunetrain.task import Task
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _model_kwargs(params: Mapping[str, Any] | None, defaults: dict[str, Any], mo
         kwargs[name] = _checked_dropout(value) if name == "dropout" else _checked_size(value)
         if kwargs[name] is None:
             rule = "a number >= 0 and < 1" if name == "dropout" else "an integer >= 1"
-            errors.append(f"`{name}` is {value!r}, but must be {rule}")
+            errors.append(f"`{name}` is {show_value(value)}, but must be {rule}")
     if errors:
         raise ConfigError(f"{'; '.join(errors)} (the {model} model takes {takes})")
     return kwargs
