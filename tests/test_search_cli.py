@@ -165,3 +165,47 @@ def test_bad_search_input_is_one_line_and_exit_2(tmp_path, flags, message):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "killed" / "results.parquet").exists()
+
+
+def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    task_file = tmp_path / "slow_task.py"
+    task_file.write_text(SLOW_TASK.format(tests=str(TESTS), logs=str(logs)))
+    experiment = _write_experiment(tmp_path, f"{task_file}:task")
+    exp_dir = tmp_path / "runs" / "killed"
+
+    # Ctrl-C in a terminal: SIGINT to the whole foreground process group (the driver and the Ray it started)
+    driver = subprocess.Popen(
+        _cli("search", str(experiment)), env=_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 150
+    done_before: dict[str, float] = {}
+    try:
+        while time.monotonic() < deadline and not done_before:
+            time.sleep(0.5)
+            results = read_results(exp_dir, missing_ok=True) if (exp_dir / "results.parquet").exists() else None
+            finished = [t for t in (results.trials if results else []) if t.status == "completed"]
+            running = [t for t in (results.trials if results else []) if t.status == "running" and t.evaluations]
+            if finished and running:
+                done_before = {t.trial_id: t.ended_at for t in finished}
+        assert done_before, "the search did not get far enough to be interrupted"
+        os.killpg(driver.pid, signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "tunetrain: search interrupted; run the same command again to resume it"
+    assert "Traceback" not in stderr
+    assert json.loads((exp_dir / "search.json").read_text())["status"] == "running"
+
+    rerun = subprocess.run(_cli("search", str(experiment)), env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    results = read_results(exp_dir)
+    assert len(results.trials) == 6 and {t.status for t in results.trials} == {"completed"}
+    ended_at = {t.trial_id: t.ended_at for t in results.trials}
+    assert all(ended_at[trial_id] == ended for trial_id, ended in done_before.items())  # not rerun
+    assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"

@@ -444,3 +444,18 @@ def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_never_best
     assert result.best.trial_id == by_status["completed"].trial_id
     states = {f"trial-{t.number:04d}": t.state for t in _study(result.experiment_dir).trials}
     assert states[diverged.trial_id] == TrialState.FAIL
+
+
+def test_a_trial_out_of_memory_is_errored_with_the_reason_and_the_search_goes_on(
+    tmp_path: Path, start_steps: list
+) -> None:
+    space = {"oom_after": {"type": "categorical", "choices": [0, 20]}}  # 0: trains normally
+    experiment = _experiment(tmp_path, space=space, num_trials=2, max_failures=1, scheduler="none", sampler="grid")
+    result = _search(experiment)
+    by_value = {t.params["oom_after"]: t for t in result.trials}
+    oom = by_value[20]
+    assert oom.status == "errored"
+    assert oom.error == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (simulated)"
+    # retried once (max_failures 1) from its checkpoint at step 15: an OOM may be another process's, passing
+    assert [step for trial_id, step in start_steps if trial_id == oom.trial_id] == [0, 15]
+    assert by_value[0].status == "completed" and result.best.trial_id == by_value[0].trial_id

@@ -27,7 +27,26 @@ def model_init(params: dict[str, Any]) -> torch.nn.Module:
     )
     if params.get("diverge_after"):
         return Diverging(model, int(params["diverge_after"]), float(params.get("diverge_to", "nan")))
+    if params.get("oom_after"):
+        return OutOfMemory(model, int(params["oom_after"]))
     return model
+
+
+class OutOfMemory(torch.nn.Module):
+    """Raises what PyTorch raises when the GPU is full, from training forward pass `after` + 1 on."""
+
+    def __init__(self, inner: torch.nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.after = after
+        self.passes = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.passes += 1
+            if self.passes > self.after:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return self.inner(x)
 
 
 class Diverging(torch.nn.Module):

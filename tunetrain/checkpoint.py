@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunetrain.errors import CheckpointError
+from tunetrain.errors import CheckpointError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,40 @@ def save_checkpoint(
     """Write `output_dir/checkpoint-{step}` atomically and return its path."""
     final = Path(output_dir) / f"{PREFIX}-{state.global_step}"
     tmp = Path(output_dir) / f".tmp-{PREFIX}-{state.global_step}-{os.getpid()}"
+    try:
+        _write_checkpoint(tmp, final, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                          state=state, params=params, args=args)  # fmt: skip
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial copy: its space back, and never taken for a checkpoint
+        raise StorageError(_cannot_write(final, exc)) from exc
+    logger.debug("saved %s (%s)", final, ", ".join(sorted(p.name for p in final.iterdir())))
+    return final
+
+
+def _cannot_write(path: Path, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+    try:
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            reason = "no space left on the device"
+    except OSError:
+        pass
+    latest = find_latest(path.parent)
+    kept = f"the latest complete checkpoint is {latest.name}" if latest else "no complete checkpoint was written"
+    return f"cannot write {str(path)!r}: {reason}; {kept}, and the run resumes from it once the storage works again"
+
+
+def _write_checkpoint(
+    tmp: Path,
+    final: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    state: TrainerState,
+    params: dict[str, Any],
+    args: dict[str, Any],
+) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -128,8 +162,6 @@ def save_checkpoint(
     if final.exists():  # the same step saved again after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    logger.debug("saved %s (%s)", final, ", ".join(sorted(p.name for p in final.iterdir())))
-    return final
 
 
 def check_checkpoint(path: str | Path) -> Path:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunetrain.errors import ConfigError, NonFiniteLossError
+from tunetrain.errors import ConfigError, NonFiniteLossError, StorageError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tunetrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except NonFiniteLossError as exc:  # the run diverged: an outcome of its params, not a bug to trace
+    except (NonFiniteLossError, StorageError) as exc:  # a diverged run, a full disk: not bugs to trace
         print(f"tunetrain: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -23,6 +23,11 @@ class TaskError(ConfigError):
     """A task path that does not import, names nothing, or names something that is not a task."""
 
 
+class StorageError(RuntimeError):
+    """A checkpoint or result could not be written (a full disk, a read-only or vanished directory). What was
+    written before stays complete, so the run or search resumes once the storage works again."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run diverged (too high a learning rate, say). Not a mistake in
     the config but an outcome of these params: a search marks the trial errored with this message and goes on."""
