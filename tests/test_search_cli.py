@@ -69,6 +69,23 @@ def _write_experiment(tmp_path: Path, task: str, **search) -> Path:
     return path
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listening_addresses(pid: int) -> set[str]:
+    """The addresses the process and its descendants listen on."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:  # a worker that just exited
+            continue
+    return found
+
+
 def _trained_steps(log: Path) -> list[int]:
     """Steps each model instance of one trial trained, in the order the instances started."""
     last: dict[str, int] = {}
@@ -191,6 +208,9 @@ def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp
             if finished and running:
                 done_before = {t.trial_id: t.ended_at for t in finished}
         assert done_before, "the search did not get far enough to be interrupted"
+        # the Ray it started listens on loopback only (Ray would otherwise advertise the machine's address)
+        listening = _listening_addresses(driver.pid)
+        assert listening and listening <= LOOPBACK, listening
         os.killpg(driver.pid, signal.SIGINT)
         _, stderr = driver.communicate(timeout=120)
     finally:
