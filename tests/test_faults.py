@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tunetrain import checkpoint as ckpt
 from tunetrain.cli import main
@@ -55,3 +56,75 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_once_there_i
                                                                             "checkpoint-165"]  # fmt: skip
     metrics = json.loads((small_disk / "run" / "metrics.json").read_text())
     assert metrics["train_samples"] == 2 * 3500  # epochs 2 and 3: resumed, not restarted
+
+
+SLOW_SAVE_TASK = '''
+import sys, time
+sys.path.insert(0, {tests!r})
+import torch
+import tiny_task
+
+class SlowToSave(torch.nn.Sequential):
+    """The tiny model, whose weights take 0.15 s to collect: a kill often lands in the middle of a save."""
+    def state_dict(self, *args, **kwargs):
+        time.sleep(0.15)
+        return super().state_dict(*args, **kwargs)
+
+def model_init(params):
+    return SlowToSave(*tiny_task.model_init(params))
+
+def task():
+    t = tiny_task.task()
+    t.model_init = model_init
+    return t
+'''
+
+
+def test_a_run_killed_again_and_again_resumes_to_the_same_weights_as_one_left_alone(tmp_path):
+    import os
+    import random
+    import signal
+    import sys
+    import time
+
+    from conftest import ROOT, TESTS
+    from safetensors.torch import load_file
+
+    (tmp_path / "slow_task.py").write_text(SLOW_SAVE_TASK.format(tests=str(TESTS)))
+
+    def experiment(out: str) -> Path:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(json.dumps({
+            "name": out, "task": f"{tmp_path / 'slow_task.py'}:task",
+            "train": {"num_train_epochs": 16, "per_device_train_batch_size": 16, "eval_strategy": "steps",
+                      "eval_steps": 5, "save_steps": 5, "logging_steps": 5, "save_total_limit": 2,
+                      "metric_for_best_model": "accuracy", "output_dir": str(tmp_path / out), "report_to": "none"},
+            "params": {"hidden": 16, "dropout": 0.1},
+        }))  # fmt: skip
+        return path
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "tunetrain.cli", "train"]
+    assert subprocess.run([*cli, str(experiment("alone"))], env=env, capture_output=True).returncode == 0
+
+    killed = experiment("killed")
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(6):
+        process = subprocess.Popen([*cli, str(killed), *(["--resume"] if attempt else [])], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(rng.uniform(2.5, 4.0))  # the start-up (imports) takes ~2.5 s here; then 48 saves of ~0.2 s
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        # whatever the kill interrupted, only complete checkpoints carry a checkpoint's name
+        for path in (tmp_path / "killed").glob("checkpoint-*"):
+            assert (path / ckpt.TRAINER_STATE_NAME).is_file() and (path / ckpt.WEIGHTS_NAME).is_file()
+    finish = subprocess.run([*cli, str(killed), "--resume"], env=env, capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert kills >= 2, "the runs ended before they could be killed"
+    alone = load_file(tmp_path / "alone" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)
