@@ -107,8 +107,28 @@ def save_checkpoint(
     final = Path(output_dir) / f"{PREFIX}-{state.global_step}"
     tmp = Path(output_dir) / f".tmp-{PREFIX}-{state.global_step}-{os.getpid()}"
     try:
-        _write_checkpoint(tmp, final, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          state=state, params=params, args=args)  # fmt: skip
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+
+        # model weights: safetensors, contiguous CPU copies (shared storage is not allowed by safetensors)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(_unshare(weights), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        # optimizer / LR scheduler / grad scaler: plain state dicts of tensors and numbers
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / SCALER_NAME)
+        # every RNG the run draws from
+        torch.save(_rng_state(), tmp / RNG_STATE_NAME)
+        # JSON last: trainer_state.json marks a directory as complete in list_checkpoints
+        (tmp / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
+        (tmp / ARGS_NAME).write_text(json.dumps(args, indent=2, sort_keys=True, default=str))
+        (tmp / TRAINER_STATE_NAME).write_text(state.to_json())
+
+        if final.exists():  # the same step saved again after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)  # the partial copy: its space back, and never taken for a checkpoint
         raise StorageError(_cannot_write(final, exc)) from exc
@@ -126,42 +146,6 @@ def _cannot_write(path: Path, exc: BaseException) -> str:
     latest = find_latest(path.parent)
     kept = f"the latest complete checkpoint is {latest.name}" if latest else "no complete checkpoint was written"
     return f"cannot write {str(path)!r}: {reason}; {kept}, and the run resumes from it once the storage works again"
-
-
-def _write_checkpoint(
-    tmp: Path,
-    final: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    state: TrainerState,
-    params: dict[str, Any],
-    args: dict[str, Any],
-) -> None:
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-
-    # model weights: safetensors, contiguous CPU copies (shared storage is not allowed by safetensors)
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(_unshare(weights), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
-    # optimizer / LR scheduler / grad scaler: plain state dicts of tensors and numbers
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
-    torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / SCALER_NAME)
-    # every RNG the run draws from
-    torch.save(_rng_state(), tmp / RNG_STATE_NAME)
-    # JSON last: trainer_state.json marks a directory as complete in list_checkpoints
-    (tmp / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
-    (tmp / ARGS_NAME).write_text(json.dumps(args, indent=2, sort_keys=True, default=str))
-    (tmp / TRAINER_STATE_NAME).write_text(state.to_json())
-
-    if final.exists():  # the same step saved again after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def check_checkpoint(path: str | Path) -> Path:
