@@ -86,6 +86,15 @@ def _listening_addresses(pid: int) -> set[str]:
     return found
 
 
+def _slow_search(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(the dir of the trials' step logs, the experiment file, its experiment dir) of a search of SLOW_TASK."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    task_file = tmp_path / "slow_task.py"
+    task_file.write_text(SLOW_TASK.format(tests=str(TESTS), logs=str(logs)))
+    return logs, _write_experiment(tmp_path, f"{task_file}:task"), tmp_path / "runs" / "killed"
+
+
 def _trained_steps(log: Path) -> list[int]:
     """Steps each model instance of one trial trained, in the order the instances started."""
     last: dict[str, int] = {}
@@ -106,12 +115,7 @@ def _trained_steps(log: Path) -> list[int]:
     ids=["default", "no-periodic-snapshots"],
 )
 def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path, ray_env):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    task_file = tmp_path / "slow_task.py"
-    task_file.write_text(SLOW_TASK.format(tests=str(TESTS), logs=str(logs)))
-    experiment = _write_experiment(tmp_path, f"{task_file}:task")
-    exp_dir = tmp_path / "runs" / "killed"
+    logs, experiment, exp_dir = _slow_search(tmp_path)
 
     driver = subprocess.Popen(
         _cli("search", str(experiment)), env=_env(**ray_env), start_new_session=True,
@@ -185,12 +189,7 @@ def test_bad_search_input_is_one_line_and_exit_2(tmp_path, flags, message):
 
 
 def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp_path):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    task_file = tmp_path / "slow_task.py"
-    task_file.write_text(SLOW_TASK.format(tests=str(TESTS), logs=str(logs)))
-    experiment = _write_experiment(tmp_path, f"{task_file}:task")
-    exp_dir = tmp_path / "runs" / "killed"
+    _, experiment, exp_dir = _slow_search(tmp_path)
 
     # Ctrl-C in a terminal: SIGINT to the whole foreground process group (the driver and the Ray it started)
     driver = subprocess.Popen(
