@@ -65,12 +65,15 @@ def test_checkpoints_on_remote_storage_are_mirrored_and_resumed_from(tmp_path, m
     restarted = backend._TrialStore(spec, "abc123")
     latest = restarted.latest()
     assert latest is not None and latest.endswith("checkpoint-30") and latest.startswith(restarted.output_dir)
+    # every complete checkpoint came down (the best too), so the local rotation sees what the bucket holds
+    assert sorted(p.name for p in ckpt.list_checkpoints(restarted.output_dir)) == local
     longer = args.replace(output_dir=restarted.output_dir, num_train_epochs=3)
-    output = Trainer(tiny_task, longer, reporters=[_Persist(restarted)], console=False).train(
-        resume_from_checkpoint=latest
-    )
+    second = Trainer(tiny_task, longer, reporters=[_Persist(restarted)], console=False)
+    output = second.train(resume_from_checkpoint=latest)
     assert output.global_step == 45 and output.metrics["train_samples"] == 15 * 16  # only the third epoch
-    assert "checkpoint-45" in _remote_checkpoints(remote, restarted.path)
+    resumed = _remote_checkpoints(remote, restarted.path)
+    assert "checkpoint-45" in resumed and all(resumed.values())
+    assert Path(second.state.best_model_checkpoint).name in resumed  # the best survived the mirrored rotation
     restarted.close()
 
     backend._write_ended(remote, restarted.path, "completed")

@@ -363,7 +363,7 @@ class _TrialStore:
     On a local or mounted directory the loop writes there itself (atomically, and rotates them). On a pyarrow
     filesystem (s3://...) it writes to a local scratch directory, and each checkpoint is copied up after it is
     saved (its trainer_state.json last: what marks a checkpoint complete), the rotation mirrored; a restarted trial
-    copies the latest complete one back down.
+    copies the complete ones back down and resumes from the latest.
     """
 
     def __init__(self, spec: _TrialSpec, trial_id: str) -> None:
@@ -398,14 +398,16 @@ class _TrialStore:
             for info in found
             if info.type == fs.FileType.Directory and ckpt.checkpoint_step(info.path) is not None
         )
-        for _, remote in reversed(steps):
-            state = f"{remote}/{ckpt.TRAINER_STATE_NAME}"
-            if self.filesystem.get_file_info(state).type == fs.FileType.File:
+        # every complete one comes down (the loop keeps a few: the best and the latest), so that the local rotation,
+        # which `persist` mirrors, sees them all; an incomplete one (its trainer_state.json missing) stays behind
+        latest = None
+        for _, remote in steps:
+            if self.filesystem.get_file_info(f"{remote}/{ckpt.TRAINER_STATE_NAME}").type == fs.FileType.File:
                 local = Path(self.output_dir) / Path(remote).name
                 local.mkdir(parents=True, exist_ok=True)
                 fs.copy_files(remote, str(local), source_filesystem=self.filesystem)
-                return str(local)
-        return None
+                latest = str(local)
+        return latest
 
     def persist(self, checkpoint: Path) -> None:
         """Copy a checkpoint the loop has just saved (and rotated) up to remote storage; a no-op on a local one."""
@@ -586,9 +588,12 @@ class _Bookkeeper(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
-        if record is not None and _ended_status(self._filesystem, self._trial_path(trial)) is not None:
+        ended = _ended_status(self._filesystem, self._trial_path(trial)) if record is not None else None
+        if ended is not None:
             # Ray's state predates this trial's end; the trial returns at once (its dir says it ended): its record
             # stays as it is, and the searcher is told what it ended with
+            if record.status != ended:  # the driver died between marking the trial's dir and writing the results
+                self._book.finish(trial.trial_id, ended, error=record.error)
             _ENDED[trial.trial_id] = record
             logger.info(
                 "trial %s had ended (%s) before the driver stopped: not run again", trial.trial_id, record.status
@@ -615,8 +620,8 @@ class _Bookkeeper(tune.Callback):
             return
         error = _values(trial.last_result).get("error")
         if error:  # the trial ended itself on an error it must not be retried for (a diverged loss)
-            self._finish(trial, "errored", error)
             _write_ended(self._filesystem, self._trial_path(trial), "errored")  # nor rerun on resume
+            self._finish(trial, "errored", error)
             return
         if trial.trial_id in _STOPPED_EARLY:
             status = "pruned"  # by ASHA, as the Optuna backend's pruner
@@ -649,9 +654,9 @@ class _Bookkeeper(tune.Callback):
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         if trial.trial_id not in self._book.trials:
             self.on_trial_start(0, [], trial)
-        self._book.finish(trial.trial_id, status, error=error)
-        if status in _FINAL:
+        if status in _FINAL:  # first: a trial the results show ended must never be trained again
             _write_ended(self._filesystem, self._trial_path(trial), status)
+        self._book.finish(trial.trial_id, status, error=error)
         self._progress.update()
 
     def _trial_path(self, trial: Any) -> str:
