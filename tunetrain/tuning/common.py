@@ -57,29 +57,40 @@ class ExperimentDir:
 
     def read_state(self) -> dict[str, Any] | None:
         """`search.json`: the experiment as first run, and whether its search finished."""
-        from pyarrow import fs
-
-        path = f"{self.path}/{STATE_NAME}"
-        if self.filesystem.get_file_info(path).type == fs.FileType.NotFound:
-            return None
-        with self.filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read().decode())
+        return read_json(self.filesystem, f"{self.path}/{STATE_NAME}")
 
     def write_state(self, state: dict[str, Any]) -> None:
-        self.filesystem.create_dir(self.path, recursive=True)
-        data = json.dumps(state, indent=2, sort_keys=True, default=str).encode()
-        path = f"{self.path}/{STATE_NAME}"
-        if self.is_local:
-            tmp = Path(f"{path}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        else:
-            with self.filesystem.open_output_stream(path) as stream:
-                stream.write(data)
+        write_json(self.filesystem, f"{self.path}/{STATE_NAME}", state)
 
     def remove(self) -> None:
         if self.exists():
             self.filesystem.delete_dir(self.path)
+
+
+def read_json(filesystem: pyarrow.fs.FileSystem, path: str) -> Any:
+    """The JSON file at `path` on `filesystem`, or None where there is none."""
+    from pyarrow import fs
+
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def write_json(filesystem: pyarrow.fs.FileSystem, path: str, value: Any) -> None:
+    """Write `value` as JSON whole: on a local disk under a temporary name, then renamed (a kill never leaves half a
+    file); an object store replaces an object whole by itself."""
+    from pyarrow import fs
+
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+    if isinstance(filesystem, fs.LocalFileSystem):
+        tmp = Path(f"{path}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    else:
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
 
 
 def trial_arguments(

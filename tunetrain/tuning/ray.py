@@ -370,7 +370,9 @@ class _TrialStore:
         self.path = f"{spec.exp_path}/trials/{trial_id}"
         self.local = spec.local
         if self.local:
-            self.filesystem = None
+            from pyarrow import fs
+
+            self.filesystem = fs.LocalFileSystem()
             self.output_dir = self.path
         else:
             from tunetrain.tuning.config import resolve_storage
@@ -443,27 +445,18 @@ ENDED_NAME = "ended.json"  # in a trial's dir, written by the driver when the tr
 
 def _ended_status(filesystem: Any, trial_path: str) -> str | None:
     """The status an ended trial ended with, or None while it has not ended (or errored: it may be resumed)."""
-    path = f"{trial_path}/{ENDED_NAME}"
+    from tunetrain.tuning.common import read_json
+
     try:
-        if filesystem is None:
-            return json.loads(Path(path).read_text())["status"]
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read().decode())["status"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_json(filesystem, f"{trial_path}/{ENDED_NAME}")["status"]
+    except (OSError, ValueError, KeyError, TypeError):  # none there (None["status"]), or not ours to read
         return None
 
 
 def _write_ended(filesystem: Any, trial_path: str, status: str) -> None:
-    data = json.dumps({"status": status}).encode()
-    if filesystem is None:
-        Path(trial_path).mkdir(parents=True, exist_ok=True)
-        tmp = Path(trial_path) / f".{ENDED_NAME}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(Path(trial_path) / ENDED_NAME)
-        return
-    filesystem.create_dir(trial_path, recursive=True)
-    with filesystem.open_output_stream(f"{trial_path}/{ENDED_NAME}") as stream:
-        stream.write(data)
+    from tunetrain.tuning.common import write_json
+
+    write_json(filesystem, f"{trial_path}/{ENDED_NAME}", {"status": status})
 
 
 class _TuneReporter(Reporter):
@@ -573,15 +566,12 @@ class _Bookkeeper(tune.Callback):
         return state
 
     def setup(self, **info: Any) -> None:
-        from pyarrow import fs
-
         from tunetrain.results import ResultsBook
         from tunetrain.tuning.common import Progress
         from tunetrain.tuning.config import resolve_storage
 
-        filesystem, _ = resolve_storage(self.storage)
-        self._filesystem = None if isinstance(filesystem, fs.LocalFileSystem) else filesystem
-        self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=filesystem)
+        self._filesystem, _ = resolve_storage(self.storage)
+        self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=self._filesystem)
         self._book.load()
         self._progress = Progress(self._book, self.total)
         _ENDED.clear()
