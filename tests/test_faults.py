@@ -1,31 +1,41 @@
-"""Faults a single run meets: a disk that fills up while checkpointing. The run stops with one line, leaves only
-complete checkpoints, and `--resume` continues once there is space again."""
+"""A disk that fills up: a single run stops with one line, leaves only complete checkpoints, and `--resume` continues
+once there is space again; a search stops with one line, and running it again resumes it once there is space."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TESTS
 
 from tunetrain import checkpoint as ckpt
 from tunetrain.cli import main
+from tunetrain.results import read_results
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 300 KiB tmpfs (room for one MNIST-1D MLP checkpoint, not two); skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def _tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `mount`; skips the test where mounting is not allowed."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 300 KiB tmpfs (room for one MNIST-1D MLP checkpoint, not two); skipped where mounting is not allowed."""
+    with _tmpfs(tmp_path / "disk", "300k") as mount:
+        yield mount
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_once_there_is_space(small_disk, tmp_path, capsys):
@@ -128,3 +138,26 @@ def test_a_run_killed_again_and_again_resumes_to_the_same_weights_as_one_left_al
     alone = load_file(tmp_path / "alone" / "model.safetensors")
     resumed = load_file(tmp_path / "killed" / "model.safetensors")
     assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)
+
+
+def test_a_full_disk_stops_a_search_in_one_line_and_running_it_again_resumes_it_once_there_is_space(tmp_path):
+    from slow_search import cli, env, write_experiment
+
+    with _tmpfs(tmp_path / "disk", "120k") as disk:  # fills up a few trials into the search
+        experiment = write_experiment(tmp_path, f"{TESTS / 'tiny_task.py'}:task", storage=str(disk))
+        full = subprocess.run(cli("search", str(experiment)), env=env(), capture_output=True, text=True, timeout=300)
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert full.stderr.splitlines()[-1] == (
+            f"tunetrain: error: the search stopped: cannot write to {disk / 'killed'}: no space left on device; what "
+            "was written is kept: make room (or fix the storage), then run the same command again to resume it"
+        )
+
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        again = subprocess.run(cli("search", str(experiment)), env=env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resuming experiment 'killed'" in again.stderr
+        results = read_results(disk / "killed")
+        done = [t for t in results.trials if t.status == "completed"]
+        assert sorted(t.params["hidden"] for t in done) == list(range(4, 16, 2))
+        assert all(t.evaluations == 4 for t in done)
+        assert json.loads((disk / "killed" / "search.json").read_text())["status"] == "finished"

@@ -255,8 +255,8 @@ def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_the_search
     assert diverged.evaluations == 1  # epoch 1 was evaluated (finite); the loss diverged in epoch 2
     assert by_value[0].status == "completed" and result.best.trial_id == by_value[0].trial_id
     # one attempt (Ray's retries would have resumed from checkpoint-15 and diverged again), and it stays ended
-    assert json.loads((Path(result.experiment_dir) / "trials" / diverged.trial_id / "ended.json").read_text()) == {
-        "status": "errored"
-    }
+    ended = json.loads((Path(result.experiment_dir) / "trials" / diverged.trial_id / "ended.json").read_text())
+    assert (ended["record"]["status"], ended["record"]["error"]) == ("errored", diverged.error)
+    assert [row["evaluation"] for row in ended["history"]] == [1]
     events = list((Path(result.experiment_dir) / "tensorboard" / diverged.trial_id).glob("events.*"))
     assert len(events) == 1

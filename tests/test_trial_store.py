@@ -3,6 +3,8 @@ copied back down by a restarted trial, which resumes from them. No Ray session: 
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +13,7 @@ from pyarrow import fs
 from tunetrain import Trainer, TrainingArguments
 from tunetrain import checkpoint as ckpt
 from tunetrain.reporting import Reporter
+from tunetrain.results import ResultsBook, read_history, read_results
 from tunetrain.tuning import config as search_config
 from tunetrain.tuning import ray as backend
 
@@ -76,6 +79,77 @@ def test_checkpoints_on_remote_storage_are_mirrored_and_resumed_from(tmp_path, m
     assert Path(second.state.best_model_checkpoint).name in resumed  # the best survived the mirrored rotation
     restarted.close()
 
-    backend._write_ended(remote, restarted.path, "completed")
+    final = {"record": {"trial_id": "abc123", "status": "completed"}, "history": []}
+    backend._write_ended(remote, restarted.path, final)
     assert backend._TrialStore(spec, "abc123").ended()
-    assert backend._ended_status(remote, restarted.path) == "completed"
+    assert backend._ended(remote, restarted.path) == final
+
+
+def test_tokens_ray_deleted_before_its_last_snapshot_are_put_back_on_resume(tmp_path):
+    remote = fs.SubTreeFileSystem(str(tmp_path / "bucket"), fs.LocalFileSystem())
+    (tmp_path / "bucket" / "runs" / "exp").mkdir(parents=True)
+    # trial a: tokens 0 and 1 deleted, 2 left (its snapshot may point to 0 or 1); b: nothing missing; c: none yet
+    for name in ("trial_a/checkpoint_000002", "trial_b/checkpoint_000000", "trial_c", "trials/a/checkpoint-15"):
+        remote.create_dir(f"runs/exp/{name}")
+    exp_dir = SimpleNamespace(path="runs/exp", filesystem=remote)
+
+    backend._mend_tokens(exp_dir)
+
+    def listing(path: str) -> list[str]:
+        return sorted(info.base_name for info in remote.get_file_info(fs.FileSelector(f"runs/exp/{path}")))
+
+    assert listing("trial_a") == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
+    with remote.open_input_stream(f"runs/exp/trial_a/checkpoint_000001/{backend.TOKEN_NAME}") as token:
+        assert json.loads(token.read()) == {"trial_dir": "runs/exp/trials/a"}
+    assert listing("trial_b") == ["checkpoint_000000"]
+    assert listing("trial_c") == []
+    assert listing("trials/a") == ["checkpoint-15"]  # the trial's own checkpoints are not Ray's tokens
+
+
+def test_a_run_resumed_at_its_end_reports_its_last_evaluation_and_the_earlier_ones(monkeypatch):
+    # the driver was killed after the trial's last checkpoint was saved, before it heard of the evaluation: the
+    # resumed run trains nothing, and would otherwise end without a report (its record stuck at what the driver had)
+    reports = []
+    monkeypatch.setattr(backend.tune, "report", lambda report, checkpoint=None: reports.append((report, checkpoint)))
+    store = SimpleNamespace(path="runs/exp/trials/t1", location=lambda c: f"s3://{c}", persist=lambda c: None)
+    reporter = backend._TuneReporter("eval_accuracy", store)
+    history = [{"loss": 1.0, "step": 5}] + [
+        {"eval_accuracy": 0.1 * n, "eval_loss": 2.0 - n, "epoch": float(n), "step": 15 * n} for n in (1, 2, 3, 4)
+    ]
+    state = ckpt.TrainerState(global_step=60, max_steps=60, epoch=4.0, num_evaluations=4, log_history=history)
+    state.best_metric, state.best_model_checkpoint = 0.4, "runs/exp/trials/t1/checkpoint-60"
+
+    reporter.report_if_silent(state)
+    reporter.report_if_silent(state)  # once only
+
+    (report, token), *more = reports
+    assert not more and token is not None  # the last report of a run carries Ray's token
+    values = json.loads(report[backend.METRICS])
+    assert (report[backend.EVALUATION], report[backend.OBJECTIVE]) == (4, 0.4)
+    assert (values["evaluation"], values["step"], values["eval_accuracy"]) == (4, 60, 0.4)
+    assert values["best_checkpoint"] == "s3://runs/exp/trials/t1/checkpoint-60"
+    assert [(e["evaluation"], e["step"], e["eval_loss"]) for e in values["earlier"]] == [(1, 15, 1.0), (2, 30, 0.0),
+                                                                                        (3, 45, -1.0)]  # fmt: skip
+
+
+def test_a_trial_s_final_record_comes_back_whole_through_its_ended_json(tmp_path):
+    # the driver that saw the trial end wrote ended.json, then was killed before results.parquet caught up
+    (tmp_path / "seen").mkdir()
+    seen = ResultsBook(str(tmp_path / "seen"), metric="eval_accuracy", mode="max", min_interval_s=3600)
+    seen.start("t1", 0, {"hidden": 8})
+    for evaluation, value in enumerate([0.2, float("nan"), 0.5, 0.4], start=1):
+        seen.report("t1", {"eval_accuracy": value, "evaluation": evaluation, "step": 15 * evaluation})
+    local = fs.LocalFileSystem()
+    backend._write_ended(local, str(tmp_path / "t1"), seen.final_record("t1", "completed"))
+
+    (tmp_path / "stale").mkdir()  # the search makes the experiment dir before its ResultsBook
+    stale = ResultsBook(str(tmp_path / "stale"), metric="eval_accuracy", mode="max", min_interval_s=0)
+    stale.start("t1", 0, {"hidden": 8})
+    stale.report("t1", {"eval_accuracy": 0.2, "evaluation": 1, "step": 15})
+    stale.restore(backend._ended(local, str(tmp_path / "t1")))
+
+    (record,) = read_results(tmp_path / "stale").trials
+    assert (record.status, record.evaluations, record.best_metric, record.best_step) == ("completed", 4, 0.5, 45)
+    assert record.ended_at is not None and stale.last_evaluation("t1") == 4
+    history = read_history(tmp_path / "stale")
+    assert [row["evaluation"] for row in history] == [1, 2, 3, 4] and math.isnan(history[1]["metric"])

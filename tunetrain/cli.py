@@ -141,22 +141,26 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | 
     """(experiment, params, default output dir) from an experiment file, an export dir or an experiment dir."""
     from tunetrain.experiment import apply_overrides, experiment_from_dict, load_experiment
     from tunetrain.export import EXPERIMENT_NAME, read_experiment
+    from tunetrain.tuning.config import is_uri
 
     path = Path(cli.experiment)
-    if not path.is_dir():
-        experiment = load_experiment(path, cli.overrides)
-        return experiment, _params_for(experiment, cli.params), None
-    if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
-        experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
-        return experiment, _params_for(experiment, cli.params), str(path / "final")
-    result, experiment = read_experiment(path)  # an experiment dir: the best trial's params
+    default_output = None  # an experiment dir in remote storage (s3://...): its experiment's own output_dir
+    if not is_uri(cli.experiment):
+        if not path.is_dir():
+            experiment = load_experiment(path, cli.overrides)
+            return experiment, _params_for(experiment, cli.params), None
+        default_output = str(path / "final")
+        if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
+            experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
+            return experiment, _params_for(experiment, cli.params), default_output
+    result, experiment = read_experiment(cli.experiment)  # an experiment dir: the best trial's params
     experiment = experiment_from_dict(apply_overrides(experiment.to_dict(), cli.overrides))
     if cli.params is not None:
-        return experiment, _params_for(experiment, cli.params), str(path / "final")
+        return experiment, _params_for(experiment, cli.params), default_output
     if result.best is None:
-        raise ConfigError(f"experiment {str(path)!r} holds no finished trial with a finite metric")
-    print(f"tunetrain: training the best trial {result.best.trial_id} of {path}", file=sys.stderr)
-    return experiment, dict(result.best.params), str(path / "final")
+        raise ConfigError(f"experiment {cli.experiment!r} holds no finished trial with a finite metric")
+    print(f"tunetrain: training the best trial {result.best.trial_id} of {cli.experiment}", file=sys.stderr)
+    return experiment, dict(result.best.params), default_output
 
 
 def _on_full_data(task: Any, args: Any) -> tuple[Any, Any]:

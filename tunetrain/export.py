@@ -64,25 +64,44 @@ def export_trials(
 
 
 def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
-    """The results and the experiment (as the search started it) of an experiment directory."""
-    from tunetrain.experiment import experiment_from_dict
-    from tunetrain.results import read_results
+    """The results and the experiment (as the search started it) of an experiment dir: a path or a URI."""
+    from pyarrow import fs
 
-    path = Path(experiment_dir)
-    if not path.is_dir():
-        raise ConfigError(f"experiment dir {str(path)!r} does not exist")
-    state_file = path / "search.json"
-    if not state_file.is_file():
-        raise ConfigError(f"{str(path)!r} is not an experiment dir: it has no search.json")
-    experiment = experiment_from_dict(json.loads(state_file.read_text())["experiment"])
-    return read_results(path), experiment
+    from tunetrain.experiment import experiment_from_dict
+    from tunetrain.results import experiment_location, read_results
+    from tunetrain.tuning.common import STATE_NAME, read_json
+
+    filesystem, path = experiment_location(experiment_dir)
+    shown = str(experiment_dir)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        raise ConfigError(f"experiment dir {shown!r} does not exist")
+    state = read_json(filesystem, f"{path}/{STATE_NAME}")
+    if not isinstance(state, dict) or "experiment" not in state:
+        raise ConfigError(f"{shown!r} is not an experiment dir: it has no {STATE_NAME}")
+    return read_results(experiment_dir), experiment_from_dict(state["experiment"])
 
 
 def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord) -> Path:
-    """One trial's export folder (see the module docstring)."""
-    checkpoint = Path(trial.best_checkpoint or "")
-    if not trial.best_checkpoint or not (checkpoint / WEIGHTS_NAME).is_file():
-        raise ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({checkpoint})")
+    """One trial's export folder (see the module docstring). The checkpoint may be in remote storage (s3://...)."""
+    from pyarrow import fs
+
+    from tunetrain.results import experiment_location
+    from tunetrain.tuning.config import is_uri
+
+    missing = ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({trial.best_checkpoint})")
+    if not trial.best_checkpoint:
+        raise missing
+    weights = Path(trial.best_checkpoint) / WEIGHTS_NAME
+    if is_uri(trial.best_checkpoint):  # in the experiment's storage: `scheme://` then the path in its filesystem
+        filesystem, _ = experiment_location(result.experiment_dir)
+        remote = f"{trial.best_checkpoint.split('://', 1)[1]}/{WEIGHTS_NAME}"
+        if filesystem.get_file_info(remote).type != fs.FileType.File:
+            raise missing
+        out_dir.mkdir(parents=True, exist_ok=True)
+        weights = out_dir / WEIGHTS_NAME
+        fs.copy_files(remote, str(weights), source_filesystem=filesystem)
+    elif not weights.is_file():
+        raise missing
     metrics = {
         "trial_id": trial.trial_id,
         "metric": result.metric,
@@ -93,9 +112,7 @@ def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, tr
         "evaluations": trial.evaluations,
         "status": trial.status,
     }
-    write_model_dir(
-        out_dir, experiment, trial.params, metrics, weights=checkpoint / WEIGHTS_NAME, source=trial.best_checkpoint
-    )
+    write_model_dir(out_dir, experiment, trial.params, metrics, weights=weights, source=trial.best_checkpoint)
     return out_dir
 
 

@@ -144,6 +144,7 @@ class ResultsBook:
         self.trials: dict[str, TrialRecord] = {}
         self.history: list[dict[str, Any]] = []
         self._last_evaluation: dict[str, int] = {}  # trial id -> its latest evaluation in `history`
+        self._rows: dict[str, list[dict[str, Any]]] = {}  # trial id -> its rows of `history`
         self._last_write = 0.0
         self._dirty = False
 
@@ -165,11 +166,9 @@ class ResultsBook:
         evaluation = int(metrics.get("evaluation", record.evaluations + 1))
         # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest
         if evaluation <= self._last_evaluation.get(trial_id, 0):  # rare: look through the history only then
-            self.history = [
-                h for h in self.history if not (h["trial_id"] == trial_id and h["evaluation"] >= evaluation)
-            ]
+            self._drop_rows(lambda h: h["trial_id"] == trial_id and h["evaluation"] >= evaluation)
         self._last_evaluation[trial_id] = evaluation
-        self.history.append(
+        self._add_row(
             {
                 "trial_id": trial_id,
                 "evaluation": evaluation,
@@ -190,18 +189,49 @@ class ResultsBook:
         self._dirty = True
         self.flush()
 
-    def finish(self, trial_id: str, status: str, *, error: str | None = None) -> None:
+    def last_evaluation(self, trial_id: str) -> int:
+        """The trial's latest evaluation recorded (0 for none)."""
+        return self._last_evaluation.get(trial_id, 0)
+
+    def finish(self, trial_id: str, status: str, *, error: str | None = None, ended_at: float | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         record = self.trials[trial_id]
         record.status = status
         record.error = error
-        record.ended_at = time.time()
+        record.ended_at = ended_at or time.time()
         self._dirty = True
         self.flush(force=True)
 
     def result(self) -> SearchResult:
         return SearchResult(self.experiment_dir, self.metric, self.mode, list(self.trials.values()))
+
+    def final_record(self, trial_id: str, status: str, error: str | None = None) -> dict[str, Any]:
+        """A trial's record as it ends (`finish` it with the same `ended_at`), and its history rows: what `restore`
+        takes back, as plain JSON."""
+        record = {**_record_row(self.trials[trial_id]), "status": status, "error": error, "ended_at": time.time()}
+        return {"record": record, "history": list(self._rows.get(trial_id, []))}
+
+    def restore(self, final: dict[str, Any]) -> None:
+        """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end."""
+        record = TrialRecord(**final["record"])
+        self.trials[record.trial_id] = record
+        self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
+        for row in final["history"]:
+            self._add_row(row)
+        self._last_evaluation[record.trial_id] = max((h["evaluation"] for h in final["history"]), default=0)
+        self._dirty = True
+        self.flush(force=True)
+
+    def _add_row(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        self._rows.setdefault(row["trial_id"], []).append(row)
+
+    def _drop_rows(self, drop: Any) -> None:
+        self.history = [h for h in self.history if not drop(h)]
+        self._rows = {}
+        for row in self.history:
+            self._rows.setdefault(row["trial_id"], []).append(row)
 
     # ------------------------------------------------------------------ files
 
@@ -210,8 +240,9 @@ class ResultsBook:
         existing = read_results(self.experiment_dir, filesystem=self.filesystem, missing_ok=True)
         if existing is not None:
             self.trials = {t.trial_id: t for t in existing.trials}
-        self.history = _read_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}") or []
-        for row in self.history:
+        self.history = []
+        for row in _read_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}") or []:
+            self._add_row(row)
             trial_id = row["trial_id"]
             self._last_evaluation[trial_id] = max(self._last_evaluation.get(trial_id, 0), row["evaluation"])
 
@@ -237,15 +268,27 @@ class ResultsBook:
         return value > than if self.mode == "max" else value < than
 
 
+def experiment_location(experiment_dir: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem and path of an experiment dir: a local path, or a URI such as
+    `s3://bucket/runs/NAME?endpoint_override=...` (the search's `storage` with the experiment's name added)."""
+    from tunetrain.tuning.config import resolve_storage
+
+    return resolve_storage(str(experiment_dir), what="experiment dir")
+
+
 def read_results(
     experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None, missing_ok: bool = False
 ) -> SearchResult | None:
-    """The `SearchResult` of an experiment directory (what its `results.parquet` holds)."""
+    """The `SearchResult` of an experiment directory (what its `results.parquet` holds): a local path or a URI, or
+    a path within `filesystem`."""
     import pyarrow.parquet as pq
     from pyarrow import fs
 
-    filesystem = filesystem or fs.LocalFileSystem()
-    path = f"{experiment_dir}/{RESULTS_NAME}"
+    if filesystem is None:
+        filesystem, where = experiment_location(experiment_dir)
+    else:
+        where = str(experiment_dir)
+    path = f"{where}/{RESULTS_NAME}"
     if filesystem.get_file_info(path).type == fs.FileType.NotFound:
         if missing_ok:
             return None
@@ -259,9 +302,9 @@ def read_results(
 
 
 def read_history(experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None) -> list[dict]:
-    from pyarrow import fs
-
-    return _read_table(filesystem or fs.LocalFileSystem(), f"{experiment_dir}/{HISTORY_NAME}") or []
+    if filesystem is None:
+        filesystem, experiment_dir = experiment_location(experiment_dir)
+    return _read_table(filesystem, f"{experiment_dir}/{HISTORY_NAME}") or []
 
 
 # ---------------------------------------------------------------------- private helpers

@@ -8,13 +8,14 @@ an unfinished search, shows a finished one, and starts over with `restart=True`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError
+from tunetrain.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
@@ -77,11 +78,23 @@ def search(
             exp_dir.write_state({"status": "running", "experiment": experiment.to_dict(), "started_at": time.time()})
         else:
             logger.info("resuming experiment %r from %s", experiment.name, exp_dir.uri)
-        if config.backend == "optuna":
-            result = backend_module.run(experiment, config, exp_dir)
-        else:
-            resume = state is not None and backend_module.can_resume(exp_dir)
-            result = backend_module.run(experiment, config, exp_dir, resume=resume, max_t=max_t)
+        try:
+            if config.backend == "optuna":
+                result = backend_module.run(experiment, config, exp_dir)
+            else:
+                resume = state is not None and backend_module.can_resume(exp_dir)
+                result = backend_module.run(experiment, config, exp_dir, resume=resume, max_t=max_t)
+        except StorageError:
+            raise
+        except Exception as exc:
+            full = _storage_failure(exc)
+            if full is None:
+                raise
+            reason = os.strerror(full.errno).lower() if full.errno else str(full)
+            raise StorageError(
+                f"the search stopped: cannot write to {exp_dir.uri}: {reason}; what was written is "
+                f"kept: make room (or fix the storage), then run the same command again to resume it"
+            ) from exc
     finally:
         if started_ray:
             import ray
@@ -89,6 +102,28 @@ def search(
             ray.shutdown()
     exp_dir.write_state({**(exp_dir.read_state() or {}), "status": "finished", "finished_at": time.time()})
     return result
+
+
+# a full disk or quota, a read-only or unwritable storage: the search can go on once someone fixes it
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _storage_failure(exc: BaseException) -> OSError | None:
+    """The OSError of failing storage behind `exc` (through Ray's wrapping: causes and contexts), if any."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, StorageError):
+            return OSError(str(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return error
+        linked = (error.__cause__, error.__context__, getattr(error, "cause", None))
+        todo += [e for e in linked if isinstance(e, BaseException)]
+    return None
 
 
 def _config(experiment: Experiment, options: dict[str, Any]) -> Any:

@@ -80,10 +80,14 @@ def read_json(filesystem: pyarrow.fs.FileSystem, path: str) -> Any:
 def write_json(filesystem: pyarrow.fs.FileSystem, path: str, value: Any) -> None:
     """Write `value` as JSON whole: on a local disk under a temporary name, then renamed (a kill never leaves half a
     file); an object store replaces an object whole by itself."""
+    write_whole(filesystem, path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+def write_whole(filesystem: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Write a file whole (see `write_json`)."""
     from pyarrow import fs
 
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
     if isinstance(filesystem, fs.LocalFileSystem):
         tmp = Path(f"{path}.tmp")
         tmp.write_bytes(data)

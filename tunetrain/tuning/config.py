@@ -246,8 +246,13 @@ def with_cli_overrides(
     return merged
 
 
-def resolve_storage(storage: str) -> tuple[FileSystem, str]:
-    """The pyarrow filesystem and the path inside it that `storage` names (imports pyarrow).
+def is_uri(location: str) -> bool:
+    """Whether a storage location is a URI (`scheme://...`) rather than a local path."""
+    return bool(_URI_RE.match(location))
+
+
+def resolve_storage(storage: str, *, what: str = "`search.storage`") -> tuple[FileSystem, str]:
+    """The pyarrow filesystem and the path inside it that `storage` names (imports pyarrow); `what` names it in errors.
 
     A URI (`scheme://...`) goes through `pyarrow.fs.FileSystem.from_uri` (which may reach the network, e.g. to find an
     S3 bucket's region); anything else is a local path, made absolute against the current directory.
@@ -261,7 +266,7 @@ def resolve_storage(storage: str) -> tuple[FileSystem, str]:
     except (ArrowException, OSError, ValueError) as exc:
         # note: pyarrow's reasons can run over many lines (hdfs lists every libjvm path it tried); the first says it
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"`search.storage` is {storage!r}, but pyarrow cannot open it: {reason}") from None
+        raise ConfigError(f"{what} is {storage!r}, but pyarrow cannot open it: {reason}") from None
 
 
 def make_sampler(config: SearchConfig, space: SearchSpace) -> BaseSampler:

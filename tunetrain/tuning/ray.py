@@ -25,11 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -37,7 +40,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tunetrain.errors import ConfigError, NonFiniteLossError
+from tunetrain.errors import ConfigError, NonFiniteLossError, StorageError
 from tunetrain.reporting import Reporter
 
 if TYPE_CHECKING:
@@ -88,7 +91,7 @@ def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
     started_here = _init_ray(config)
     try:
         _check_resources(config)
-        if config.address:
+        if _cluster_address(config):
             _check_storage_on_every_node(exp_dir)
     except BaseException:
         if started_here:
@@ -119,6 +122,8 @@ def run(
     trainable = _trainable_for(experiment, config, exp_dir)
     if resume:
         path, filesystem = _location(exp_dir)
+        _repair_ray_state(exp_dir)
+        _mend_tokens(exp_dir)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(
@@ -141,6 +146,122 @@ def run(
     return result
 
 
+TOKEN_NAME = "tunetrain.json"  # the one file of a token checkpoint (see _TuneReporter)
+_RAY_CHECKPOINT = re.compile(r"checkpoint_(\d+)")  # Ray's name for the n-th checkpoint a trial reported
+
+
+def _mend_tokens(exp_dir: ExperimentDir) -> None:
+    """Put back the token checkpoints Ray deleted after its last saved snapshot, before restoring from it.
+
+    Ray keeps one checkpoint per trial (num_to_keep=1): a trial's newer token replaces the older one at once, and
+    the snapshot that points to the newer one is saved (uploaded, on s3) a moment later. A driver killed in that
+    moment leaves a snapshot whose token is gone, and Ray then fails to restore that trial ("Could not recover
+    from checkpoint as it does not exist on storage anymore"). Tokens hold nothing a trial needs (it resumes from
+    its own dir), so any token missing below a trial's newest is written again.
+    """
+    from pyarrow import fs
+
+    filesystem = exp_dir.filesystem
+    for trial_dir in filesystem.get_file_info(fs.FileSelector(exp_dir.path, allow_not_found=True)):
+        name = trial_dir.base_name
+        if trial_dir.type != fs.FileType.Directory or not name.startswith("trial_"):
+            continue
+        found = filesystem.get_file_info(fs.FileSelector(trial_dir.path))
+        numbers = {int(m.group(1)) for m in (_RAY_CHECKPOINT.fullmatch(info.base_name) for info in found) if m}
+        for number in range(max(numbers, default=0)):
+            if number not in numbers:
+                token = f"{trial_dir.path}/checkpoint_{number:06d}"
+                filesystem.create_dir(token, recursive=True)
+                with filesystem.open_output_stream(f"{token}/{TOKEN_NAME}") as out:
+                    out.write(json.dumps({"trial_dir": f"{exp_dir.path}/trials/{name[len('trial_') :]}"}).encode())
+
+
+_RAY_STATE = re.compile(r"experiment_state-(.+)\.json")  # Ray's snapshot of a search, one per driver session
+BACKUP_DIR = "ray-state-backup"
+BACKUP_EVERY_S = 10.0
+
+
+def _ray_state_files(session: str) -> list[str]:
+    """The files of one session's snapshot: the controller's state (JSON) and the searcher's (pickles)."""
+    return [f"experiment_state-{session}.json", f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl"]
+
+
+def _sessions(filesystem: Any, path: str) -> list[str]:
+    """The sessions that saved a snapshot in `path`, oldest first (Ray restores from the newest)."""
+    from pyarrow import fs
+
+    found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return sorted(m.group(1) for m in (_RAY_STATE.fullmatch(info.base_name) for info in found) if m)
+
+
+def _read_whole(filesystem: Any, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def _back_up_ray_state(filesystem: Any, exp_path: str) -> bool:
+    """Copy Ray's newest snapshot, if whole, to `ray-state-backup/`, each file written whole.
+
+    Ray overwrites its snapshot in place (pyarrow's copy): a full disk, or a kill in the middle, leaves it cut
+    short, and Ray can then not restore the search. `_repair_ray_state` puts the backup back.
+    """
+    from tunetrain.tuning.common import write_whole
+
+    sessions = _sessions(filesystem, exp_path)
+    if not sessions:
+        return False
+    names = [name for name in _ray_state_files(sessions[-1]) if _is_file(filesystem, f"{exp_path}/{name}")]
+    files = {name: _read_whole(filesystem, f"{exp_path}/{name}") for name in names}
+    for name, data in files.items():  # one that is not whole (Ray is writing it): ValueError, and no backup now
+        if name.startswith("experiment_state-"):
+            json.loads(data)
+        elif not data.endswith(b"."):  # the searcher's state is pickled (search_gen_state's too), and a pickle ends
+            # with its STOP opcode
+            raise ValueError(f"{name} is cut short")
+    for name, data in files.items():
+        write_whole(filesystem, f"{exp_path}/{BACKUP_DIR}/{name}", data)
+    for old in _sessions(filesystem, f"{exp_path}/{BACKUP_DIR}")[:-1]:
+        for name in _ray_state_files(old):
+            if _is_file(filesystem, f"{exp_path}/{BACKUP_DIR}/{name}"):
+                filesystem.delete_file(f"{exp_path}/{BACKUP_DIR}/{name}")
+    return True
+
+
+def _is_file(filesystem: Any, path: str) -> bool:
+    from pyarrow import fs
+
+    return filesystem.get_file_info(path).type == fs.FileType.File
+
+
+def _repair_ray_state(exp_dir: ExperimentDir) -> None:
+    """Before a restore: a snapshot Ray left cut short is moved aside (`.damaged`), and the backup put in its place."""
+    from tunetrain.tuning.common import write_whole
+
+    filesystem, path = exp_dir.filesystem, exp_dir.path
+    sessions = _sessions(filesystem, path)
+    if not sessions:
+        return
+    newest = _ray_state_files(sessions[-1])
+    try:
+        json.loads(_read_whole(filesystem, f"{path}/{newest[0]}"))
+        return
+    except (OSError, ValueError):
+        pass
+    backup = _sessions(filesystem, f"{path}/{BACKUP_DIR}")
+    if not backup:
+        raise StorageError(
+            f"Ray's saved state of this search ({path}/{newest[0]}) was cut short (a full disk, or a kill while it was "
+            f"written) before any backup of it was made: the search cannot resume; --restart starts it over"
+        )
+    logger.warning("Ray's saved state %s was cut short (a full disk, or a kill): resuming from its backup", newest[0])
+    for name in newest:
+        if _is_file(filesystem, f"{path}/{name}"):
+            filesystem.move(f"{path}/{name}", f"{path}/{name}.damaged")
+    for name in _ray_state_files(backup[-1]):
+        if _is_file(filesystem, f"{path}/{BACKUP_DIR}/{name}"):
+            write_whole(filesystem, f"{path}/{name}", _read_whole(filesystem, f"{path}/{BACKUP_DIR}/{name}"))
+
+
 def _location(exp_dir: ExperimentDir) -> tuple[str, Any]:
     """The experiment's path and filesystem as Ray takes them: a path without its scheme when a filesystem is given."""
     return exp_dir.path, None if exp_dir.is_local else exp_dir.filesystem
@@ -151,26 +272,33 @@ def _init_ray(config: SearchConfig) -> bool:
     if ray.is_initialized():
         return False
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
-    if config.address:
-        _probe_address(config.address)
+    address = _cluster_address(config)
+    if address:
+        where = f"{'`search.address`' if config.address else 'RAY_ADDRESS'} is {address!r}"
+        _probe_address(address, where)
         try:
-            ray.init(address=config.address, **common)
+            ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            message = f"`search.address` is {config.address!r}, but no Ray cluster answers there: {reason}"
-            raise ConfigError(message) from None
+            raise ConfigError(f"{where}, but no Ray cluster answers there: {reason}") from None
         return True
-    ray.init(_node_ip_address="127.0.0.1", **common)
+    # "local": a Ray of its own, even where `ray start` left a cluster's address behind (/tmp/ray/ray_current_cluster,
+    # which a bare ray.init() would join, and fail on once that cluster is gone)
+    ray.init(address="local", _node_ip_address="127.0.0.1", **common)
     return True
 
 
-def _probe_address(address: str) -> None:
+def _cluster_address(config: SearchConfig) -> str | None:
+    """The cluster to join: `search.address`, else RAY_ADDRESS (set by Ray for a job submitted to a cluster)."""
+    return config.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _probe_address(address: str, where: str) -> None:
     """Fail in seconds when no cluster is there (ray.init would retry for minutes)."""
     import socket
 
     from ray._private.services import canonicalize_bootstrap_address_or_die
 
-    where = f"`search.address` is {address!r}"
     if address.startswith("ray://"):
         host, _, port = address[len("ray://") :].partition(":")
         port = port or "10001"
@@ -349,6 +477,7 @@ def _run_trial(params: dict[str, Any], spec: _TrialSpec) -> None:
         trainer = Trainer(_TASKS[experiment.task], args, experiment.space, reporters=[reporter], console=False)
         try:
             trainer.train(trial=params, resume_from_checkpoint=store.latest())
+            reporter.report_if_silent(trainer.state)
         except NonFiniteLossError as exc:
             # not raised to Ray, which would retry it: from its last checkpoint the trial would diverge again. It
             # ends with a report that says why; the driver marks it errored and Optuna is told FAIL
@@ -384,7 +513,7 @@ class _TrialStore:
             self.output_dir = str(scratch)
 
     def ended(self) -> bool:
-        return _ended_status(self.filesystem, self.path) is not None
+        return _ended(self.filesystem, self.path) is not None
 
     def latest(self) -> str | None:
         from pyarrow import fs
@@ -443,20 +572,22 @@ class _TrialStore:
 ENDED_NAME = "ended.json"  # in a trial's dir, written by the driver when the trial has ended for good
 
 
-def _ended_status(filesystem: Any, trial_path: str) -> str | None:
-    """The status an ended trial ended with, or None while it has not ended (or errored: it may be resumed)."""
+def _ended(filesystem: Any, trial_path: str) -> dict[str, Any] | None:
+    """What a trial ended with (its final record and history rows, see `ResultsBook.final_record`), or None while
+    it has not ended (or errored: it may be resumed)."""
     from tunetrain.tuning.common import read_json
 
     try:
-        return read_json(filesystem, f"{trial_path}/{ENDED_NAME}")["status"]
-    except (OSError, ValueError, KeyError, TypeError):  # none there (None["status"]), or not ours to read
+        ended = read_json(filesystem, f"{trial_path}/{ENDED_NAME}")
+        return ended if ended["record"]["status"] else None
+    except (OSError, ValueError, KeyError, TypeError):  # none there (None["record"]), or not ours to read
         return None
 
 
-def _write_ended(filesystem: Any, trial_path: str, status: str) -> None:
+def _write_ended(filesystem: Any, trial_path: str, final: dict[str, Any]) -> None:
     from tunetrain.tuning.common import write_json
 
-    write_json(filesystem, f"{trial_path}/{ENDED_NAME}", {"status": status})
+    write_json(filesystem, f"{trial_path}/{ENDED_NAME}", final)
 
 
 class _TuneReporter(Reporter):
@@ -482,6 +613,14 @@ class _TuneReporter(Reporter):
             self.store.persist(checkpoint)
         if state.best_model_checkpoint:
             values["best_checkpoint"] = self.store.location(state.best_model_checkpoint)
+        if self.reports == 0 and state.num_evaluations > 1:
+            # a resumed run: its earlier evaluations too (from its checkpoint), which a killed driver may not have
+            # written down
+            earlier = [entry for entry in state.log_history if self.metric in entry][:-1]
+            values["earlier"] = [
+                {**{k: v for k, v in entry.items() if isinstance(v, (int, float))}, "evaluation": number}
+                for number, entry in enumerate(earlier, start=1)
+            ]
         objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
         report = {OBJECTIVE: objective, EVALUATION: state.num_evaluations, METRICS: json.dumps(values, default=str)}
         self.reports += 1
@@ -489,8 +628,17 @@ class _TuneReporter(Reporter):
             tune.report(report)
             return
         with tempfile.TemporaryDirectory(prefix="tunetrain-token-") as token:
-            (Path(token) / "tunetrain.json").write_text(json.dumps({"trial_dir": self.store.path}))
+            (Path(token) / TOKEN_NAME).write_text(json.dumps({"trial_dir": self.store.path}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
+
+    def report_if_silent(self, state: Any) -> None:
+        """A run resumed from the checkpoint of its last evaluation trains and evaluates nothing: it reports that
+        evaluation again as its last report (the killed driver may have missed it, or the end of the trial)."""
+        if self.reports or not state.num_evaluations:
+            return
+        last = [entry for entry in state.log_history if self.metric in entry][-1]
+        metrics = {k: v for k, v in last.items() if k != "step"}
+        self.on_evaluate(metrics, state, SimpleNamespace(reason=None, should_stop=True), checkpoint=None)
 
     def report_error(self, state: Any, message: str) -> None:
         """The trial's last report: why it ended (its evaluations so far stand, but it is not ranked)."""
@@ -559,6 +707,7 @@ class _Bookkeeper(tune.Callback):
         self._book = None
         self._progress = None
         self._filesystem = None
+        self._backed_up = 0.0
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into its experiment state: no open files
         state = dict(self.__dict__)
@@ -578,12 +727,15 @@ class _Bookkeeper(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
-        ended = _ended_status(self._filesystem, self._trial_path(trial)) if record is not None else None
+        ended = _ended(self._filesystem, self._trial_path(trial)) if record is not None else None
         if ended is not None:
             # Ray's state predates this trial's end; the trial returns at once (its dir says it ended): its record
-            # stays as it is, and the searcher is told what it ended with
-            if record.status != ended:  # the driver died between marking the trial's dir and writing the results
-                self._book.finish(trial.trial_id, ended, error=record.error)
+            # is the one it ended with, and the searcher is told what it ended with
+            if record.status != ended["record"]["status"]:
+                # the driver died between marking the trial's dir and writing the results (which may also lack
+                # the trial's last evaluations: they are written every few seconds)
+                self._book.restore(ended)
+                record = self._book.trials[trial.trial_id]
             _ENDED[trial.trial_id] = record
             logger.info(
                 "trial %s had ended (%s) before the driver stopped: not run again", trial.trial_id, record.status
@@ -598,9 +750,10 @@ class _Bookkeeper(tune.Callback):
         values = _values(result)
         if values.get("error"):
             return
-        metrics = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
-        metrics.update({k: v for k, v in values.items() if k.startswith("eval_")})
-        self._book.report(trial.trial_id, metrics)
+        for earlier in values.get("earlier", []):  # a resumed trial's evaluations that a killed driver missed
+            if earlier["evaluation"] > self._book.last_evaluation(trial.trial_id):
+                self._book.report(trial.trial_id, self._recorded(earlier))
+        self._book.report(trial.trial_id, self._recorded(values))
         if values.get("best_checkpoint"):
             self._book.trials[trial.trial_id].best_checkpoint = values["best_checkpoint"]
         self._progress.update()
@@ -610,8 +763,7 @@ class _Bookkeeper(tune.Callback):
             return
         error = _values(trial.last_result).get("error")
         if error:  # the trial ended itself on an error it must not be retried for (a diverged loss)
-            _write_ended(self._filesystem, self._trial_path(trial), "errored")  # nor rerun on resume
-            self._finish(trial, "errored", error)
+            self._finish(trial, "errored", error, for_good=True)  # nor rerun on resume
             return
         if trial.trial_id in _STOPPED_EARLY:
             status = "pruned"  # by ASHA, as the Optuna backend's pruner
@@ -630,6 +782,14 @@ class _Bookkeeper(tune.Callback):
         message = str(user_error or error or "the trial failed").strip().splitlines()[-1]
         self._finish(trial, "errored", message)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._backed_up > BACKUP_EVERY_S:
+            try:
+                if _back_up_ray_state(self._filesystem, self.exp_path):
+                    self._backed_up = time.monotonic()
+            except (OSError, ValueError, KeyError) as exc:  # a full disk, or Ray writing it now: the last one stays
+                logger.debug("no backup of Ray's state this time: %s", exc)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # a trial the killed driver had started after Ray's last snapshot is unknown to the restored search, which
         # ran another in its place: say so rather than leave it 'running' for ever
@@ -641,16 +801,23 @@ class _Bookkeeper(tune.Callback):
         self._book.flush(force=True)
         self._progress.final(self._book.result())
 
-    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+    def _finish(self, trial: Any, status: str, error: str | None = None, *, for_good: bool = False) -> None:
         if trial.trial_id not in self._book.trials:
             self.on_trial_start(0, [], trial)
-        if status in _FINAL:  # first: a trial the results show ended must never be trained again
-            _write_ended(self._filesystem, self._trial_path(trial), status)
-        self._book.finish(trial.trial_id, status, error=error)
+        final = self._book.final_record(trial.trial_id, status, error)
+        if status in _FINAL or for_good:  # first: a trial the results show ended must never be trained again
+            _write_ended(self._filesystem, self._trial_path(trial), final)
+        self._book.finish(trial.trial_id, status, error=error, ended_at=final["record"]["ended_at"])
         self._progress.update()
 
     def _trial_path(self, trial: Any) -> str:
         return f"{self.exp_path}/trials/{trial.trial_id}"
+
+    def _recorded(self, values: dict[str, Any]) -> dict[str, Any]:
+        """What the results keep of one evaluation's values."""
+        kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
+        kept.update({k: v for k, v in values.items() if k.startswith("eval_")})
+        return kept
 
 
 # ended for good (ended.json); an errored trial may run again (resume_errored), unless it ended itself (diverged)
