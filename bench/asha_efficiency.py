@@ -261,8 +261,8 @@ def main() -> None:
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.ERROR)  # fmt: skip
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, logging_level=logging.ERROR)  # fmt: skip
         ray_startup = round(time.perf_counter() - start, 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = cli.keep if cli.keep is not None else Path(tmp)

@@ -196,7 +196,7 @@ def _start_ray(cli: argparse.Namespace) -> float:
             raise SystemExit("no GPU visible to torch: run with --cpu for the CPU stand-in")
         cpus, gpus = max(cli.k) * cli.cpus_per_trial, 1
     start = time.perf_counter()
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level=logging.ERROR)  # fmt: skip
     return time.perf_counter() - start
 

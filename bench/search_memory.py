@@ -203,7 +203,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              logging_level=logging.ERROR)  # fmt: skip
     logging.getLogger("tunetrain").setLevel(logging.WARNING)
     import tunetrain.results

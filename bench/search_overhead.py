@@ -113,7 +113,7 @@ def main() -> None:
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              logging_level=logging.ERROR)  # fmt: skip
     startup = time.perf_counter() - start
     logging.getLogger("tunetrain").setLevel(logging.WARNING)

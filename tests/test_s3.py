@@ -1,7 +1,7 @@
 """An experiment in S3-style storage through pyarrow.fs: a local S3 server on loopback (moto's server mode) holds it.
 
-A search killed with SIGKILL resumes from the bucket alone (the trials copy their checkpoints back down), and the
-best trial is exported and trained again from the bucket.
+A search killed with SIGKILL resumes from the bucket alone (the trials copy their checkpoints back down); its best
+trial is exported and its report written, both read from the bucket.
 """
 
 from __future__ import annotations
@@ -101,6 +101,13 @@ def test_a_search_in_s3_resumes_from_the_bucket_and_its_best_trial_exports(s3_en
     assert json.loads((tmp_path / "best" / "metrics.json").read_text())["trial_id"] == best.trial_id
     with filesystem.open_input_stream(f"{best.checkpoint.split('://', 1)[1]}/model.safetensors") as weights:
         assert (tmp_path / "best" / "model.safetensors").read_bytes() == weights.read()
+
+    reported = subprocess.run(
+        cli("report", _storage(s3_endpoint, "resumed", "killed"), "--out", str(tmp_path / "report")),
+        env=env(**AWS_ENV), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert best.trial_id in reported.stdout and (tmp_path / "report" / "report.html").is_file()
 
     from tunetrain.export import load_model
 

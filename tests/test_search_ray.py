@@ -26,7 +26,7 @@ def ray_session():
     import ray
 
     ray.init(
-        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
         logging_level=logging.ERROR,
     )  # fmt: skip
     yield

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunetrain.errors import ConfigError, format_value
-from tunetrain.results import HISTORY_NAME, RESULTS_NAME, STATUSES, read_history, read_results
+from tunetrain.results import RESULTS_NAME, STATUSES, experiment_location, read_history, read_results
+from tunetrain.tuning.config import is_uri
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,6 +82,8 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     with a finite value of the search metric yet.
     """
     result, history = _load(experiment_dir)
+    if out_dir is None and is_uri(str(experiment_dir)):
+        raise ConfigError(f"experiment dir {str(experiment_dir)!r} is in remote storage: give --out, a local dir")
     out = Path(out_dir) if out_dir is not None else Path(experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = {
@@ -148,19 +151,22 @@ def best_so_far_data(result: SearchResult, history: list[dict[str, Any]]) -> tup
 
 
 def _load(experiment_dir: str | Path) -> tuple[SearchResult, list[dict[str, Any]]]:
-    path = Path(experiment_dir)
-    if not path.exists():
+    from pyarrow import fs
+
+    filesystem, path = experiment_location(experiment_dir)  # a local path or a URI (s3://...)
+    kind = filesystem.get_file_info(path).type
+    if kind == fs.FileType.NotFound:
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} does not exist")
-    if not path.is_dir():
+    if kind != fs.FileType.Directory:
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} is not a directory")
-    if not (path / RESULTS_NAME).is_file():
+    if filesystem.get_file_info(f"{path}/{RESULTS_NAME}").type != fs.FileType.File:
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} holds no search results (no {RESULTS_NAME})")
-    result = read_results(path)
+    result = read_results(experiment_dir)
     if not result.ranked():
         raise ConfigError(
             f"experiment dir {str(experiment_dir)!r} has no trial with a finished evaluation yet{_errored_hint(result)}"
         )
-    history = read_history(path) if (path / HISTORY_NAME).is_file() else []
+    history = read_history(experiment_dir)
     return result, history
 
 
@@ -177,8 +183,9 @@ def _errored_hint(result: SearchResult) -> str:
 
 
 def _results_time(experiment_dir: str | Path) -> str:
-    mtime = (Path(experiment_dir) / RESULTS_NAME).stat().st_mtime
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+    filesystem, path = experiment_location(experiment_dir)
+    mtime = filesystem.get_file_info(f"{path}/{RESULTS_NAME}").mtime
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime.timestamp())) if mtime else "unknown"
 
 
 # ---------------------------------------------------------------------- figures
