@@ -2,8 +2,9 @@
 
 The head (10.77.0.1) runs in one namespace and a worker (10.77.0.2) in the other; `tunetrain search --address`
 runs next to the head with its storage on a directory both hosts see. Trials land on both hosts. Then the worker
-host is killed mid-search (every process in its namespace) and the trial it held resumes on the head from its
-last checkpoint. Needs root (`ip netns add`); skipped, saying why, without it.
+host fails mid-search, killed (every process in its namespace) or cut off (its link down, its processes left
+running), and the trial it held resumes on the head from its last checkpoint. Needs root (`ip netns add`);
+skipped, saying why, without it.
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ def _in(namespace: str, *command: str) -> list[str]:
     return ["ip", "netns", "exec", namespace, *command]
 
 
+_RAY_CLI = str(Path(sys.executable).parent / "ray")
+_COMMON = ["--num-cpus=1", "--disable-usage-stats"]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """(head namespace, worker namespace, env with the cluster's token) of a running two-host Ray cluster."""
+    """(head namespace, worker namespace, env with the cluster's token): the two hosts and the head's Ray."""
     _skip_unless_namespaces_can_be_made()
     head, worker = f"tth{os.getpid() % 100000}", f"ttw{os.getpid() % 100000}"  # interface names: 15 bytes at most
-    ray_cli = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="ttray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
     env = {
         **os.environ,
@@ -82,23 +86,20 @@ def cluster():
         "PYTHONPATH": str(ROOT),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        # notice a dead host in ~2 s, not the default ~15
+        # notice a dead or cut-off host in a few seconds, not the default ~15 to ~50
         "RAY_health_check_period_ms": "500",
+        "RAY_health_check_timeout_ms": "1000",
         "RAY_health_check_failure_threshold": "3",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     try:
         _make_hosts(head, worker)
-        common = ["--num-cpus=1", "--disable-usage-stats"]
         _run(
-            *_in(head, ray_cli, "start", "--head", f"--node-ip-address={HEAD}", f"--port={PORT}",
-                 "--include-dashboard=false", f"--temp-dir={temp_dir}", *common),
+            *_in(head, _RAY_CLI, "start", "--head", f"--node-ip-address={HEAD}", f"--port={PORT}",
+                 "--include-dashboard=false", f"--temp-dir={temp_dir}", *_COMMON),
             env=env,
         )  # fmt: skip
-        _run(
-            *_in(worker, ray_cli, "start", f"--address={HEAD}:{PORT}", f"--node-ip-address={WORKER}", *common), env=env
-        )
         yield head, worker, env
     finally:
         for name in (worker, head):
@@ -107,19 +108,32 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def worker_host(cluster):
+    """The worker host's Ray joined to the head, for one test; afterwards its processes are gone, its link up."""
+    _, worker, env = cluster
+    try:
+        _run(*_in(worker, _RAY_CLI, "start", f"--address={HEAD}:{PORT}", f"--node-ip-address={WORKER}", *_COMMON),
+             env=env)  # fmt: skip
+        yield cluster
+    finally:
+        _kill_host(worker)
+        _run("ip", "-n", worker, "link", "set", f"{worker}v", "up", check=False)
+
+
 def test_the_cluster_refuses_a_client_without_its_token(cluster):
     head, _, env = cluster
-    ray_cli = str(Path(sys.executable).parent / "ray")
     anonymous = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
-    refused = _run(*_in(head, ray_cli, "status", f"--address={HEAD}:{PORT}"), env=anonymous, check=False)
+    refused = _run(*_in(head, _RAY_CLI, "status", f"--address={HEAD}:{PORT}"), env=anonymous, check=False)
     assert refused.returncode != 0
     assert "InvalidAuthToken" in refused.stdout + refused.stderr
-    allowed = _run(*_in(head, ray_cli, "status", f"--address={HEAD}:{PORT}"), env=env, check=False)
+    allowed = _run(*_in(head, _RAY_CLI, "status", f"--address={HEAD}:{PORT}"), env=env, check=False)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
 
 
-def test_trials_run_on_both_hosts_and_resume_on_the_head_when_the_worker_host_dies(cluster, tmp_path):
-    head, worker, env = cluster
+@pytest.mark.parametrize("fault", ["killed", "cut off"])
+def test_trials_run_on_both_hosts_and_resume_on_the_head_when_the_worker_host_fails(worker_host, tmp_path, fault):
+    head, worker, env = worker_host
     hidden = [4, 6, 8, 10]
     logs, experiment = slow_search(tmp_path, num_trials=len(hidden), resources_per_trial={"cpu": 1})
     exp_dir = tmp_path / "runs" / "killed"
@@ -139,7 +153,10 @@ def test_trials_run_on_both_hosts_and_resume_on_the_head_when_the_worker_host_di
                 if len(runs) == 1 and runs[0][0] == WORKER and EPOCH < runs[0][1] < STEPS - 10:
                     victim = log.stem[len("trial-") :]
         assert victim is not None, "no trial on the worker host got past its first checkpoint"
-        _kill_host(worker)
+        if fault == "killed":  # every process of the host
+            _kill_host(worker)
+        else:  # its link cut: its processes live on, cut off, until Ray on that host gives up on the head
+            _run("ip", "-n", worker, "link", "set", f"{worker}v", "down")
         stdout, stderr = driver.communicate(timeout=240)
     finally:
         if driver.poll() is None:

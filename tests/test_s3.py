@@ -1,7 +1,7 @@
 """An experiment in S3-style storage through pyarrow.fs: a local S3 server on loopback (moto's server mode) holds it.
 
 A search killed with SIGKILL resumes from the bucket alone (the trials copy their checkpoints back down); its best
-trial is exported and its report written, both read from the bucket.
+trial is exported, reported on and trained again, all read from the bucket.
 """
 
 from __future__ import annotations
@@ -108,6 +108,15 @@ def test_a_search_in_s3_resumes_from_the_bucket_and_its_best_trial_exports(s3_en
     )  # fmt: skip
     assert reported.returncode == 0, reported.stderr[-3000:]
     assert best.trial_id in reported.stdout and (tmp_path / "report" / "report.html").is_file()
+
+    # and the final fit of the best trial's params, from the bucket, into a local dir
+    final = subprocess.run(
+        cli("train", _storage(s3_endpoint, "resumed", "killed"), "--output-dir", str(tmp_path / "final")),
+        env=env(**AWS_ENV), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"training the best trial {best.trial_id}" in final.stderr
+    assert json.loads(final.stdout.strip().splitlines()[-1])["params"] == best.params
 
     from tunetrain.export import load_model
 
