@@ -150,6 +150,6 @@ def test_a_trial_s_final_record_comes_back_whole_through_its_ended_json(tmp_path
 
     (record,) = read_results(tmp_path / "stale").trials
     assert (record.status, record.evaluations, record.best_metric, record.best_step) == ("completed", 4, 0.5, 45)
-    assert record.ended_at is not None and stale.last_evaluation("t1") == 4
+    assert record.params == {"hidden": 8} and record.ended_at is not None and stale.last_evaluation("t1") == 4
     history = read_history(tmp_path / "stale")
     assert [row["evaluation"] for row in history] == [1, 2, 3, 4] and math.isnan(history[1]["metric"])

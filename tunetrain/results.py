@@ -214,7 +214,7 @@ class ResultsBook:
 
     def restore(self, final: dict[str, Any]) -> None:
         """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end."""
-        record = TrialRecord(**final["record"])
+        record = _row_record(final["record"])
         self.trials[record.trial_id] = record
         self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
         for row in final["history"]:
