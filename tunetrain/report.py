@@ -166,7 +166,7 @@ def _load(experiment_dir: str | Path) -> tuple[SearchResult, list[dict[str, Any]
         raise ConfigError(
             f"experiment dir {str(experiment_dir)!r} has no trial with a finished evaluation yet{_errored_hint(result)}"
         )
-    history = read_history(experiment_dir)
+    history = read_history(path, filesystem=filesystem)
     return result, history
 
 
