@@ -207,7 +207,7 @@ def main() -> None:
              logging_level=logging.ERROR)  # fmt: skip
     logging.getLogger("tunetrain").setLevel(logging.WARNING)
     import tunetrain.results
-    import tunetrain.tuning.ray  # Ray Tune and Optuna, imported before the baseline is read
+    import tunetrain.tuning.ray.backend  # Ray Tune and Optuna, imported before the baseline is read
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

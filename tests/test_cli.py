@@ -40,6 +40,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_train_quickstart_end_to_end(tmp_path):
     out = tmp_path / "quick"
     result = _run("train", str(ROOT / "search_spaces" / "quickstart.yaml"), "--output-dir", str(out))
@@ -55,6 +56,7 @@ def test_train_quickstart_end_to_end(tmp_path):
     assert ckpt.list_checkpoints(out)
 
 
+@pytest.mark.e2e
 def test_train_with_params_then_resume(tmp_path):
     path = _experiment(tmp_path)
     params = json.dumps({"learning_rate": 0.01, "hidden": 16, "dropout": 0.2})
@@ -69,6 +71,7 @@ def test_train_with_params_then_resume(tmp_path):
     assert state["global_step"] == 45
 
 
+@pytest.mark.e2e
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntask: a:b\ntrain: {learning_rat: 0.1}\n")

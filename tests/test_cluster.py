@@ -27,6 +27,8 @@ from slow_search import EPOCH, STEPS, cli, runs_of, slow_search
 
 from tunetrain.results import read_results
 
+pytestmark = pytest.mark.e2e
+
 HEAD, WORKER = "10.77.0.1", "10.77.0.2"
 PORT = 6379
 
@@ -152,6 +154,9 @@ def test_trials_run_on_both_hosts_and_resume_on_the_head_when_the_worker_host_fa
                 runs = runs_of(logs, log.stem[len("trial-") :])
                 if len(runs) == 1 and runs[0][0] == WORKER and EPOCH < runs[0][1] < STEPS - 10:
                     victim = log.stem[len("trial-") :]
+        if victim is None and driver.poll() is not None:
+            ended = f"the search ended before the fault (exit {driver.returncode})"
+            pytest.fail(f"{ended}: {driver.stderr.read()[-3000:]}")
         assert victim is not None, "no trial on the worker host got past its first checkpoint"
         if fault == "killed":  # every process of the host
             _kill_host(worker)

@@ -18,6 +18,7 @@ def test_the_seed_usages_are_there():
     assert {"basic", "with_evaluation", "resume", "amp_accumulation", "optuna_study"} <= names
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in NEEDS_A_CLUSTER], ids=lambda p: p.stem)
 def test_example_runs(path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(path), str(tmp_path / "out"), *EXTRA_ARGS.get(path.stem, [])])

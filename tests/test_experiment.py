@@ -8,8 +8,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from tunetrain import ConfigError, load_experiment
+from tunetrain import ConfigError, TrainingArguments, load_experiment
 from tunetrain.experiment import apply_overrides, experiment_from_dict
+from tunetrain.tuning.config import SearchConfig
 
 SEARCH_SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
@@ -45,7 +46,7 @@ def _file(tmp_path: Path, text: str) -> Path:
 def test_overrides_set_nested_keys_with_yaml_values(tmp_path):
     path = _file(tmp_path, "name: x\ntask: tiny_task:task\ntrain: {num_train_epochs: 2}\n")
     experiment = load_experiment(path, ["train.num_train_epochs=5", "train.learning_rate=1e-3", "name=y"])
-    assert experiment.train == {"num_train_epochs": 5, "learning_rate": "1e-3"}
+    assert experiment.sections["train"] == {"num_train_epochs": 5, "learning_rate": "1e-3"}
     assert experiment.training_arguments().learning_rate == 0.001
     assert experiment.name == "y"
     assert experiment.training_arguments().output_dir == str(Path("runs") / "y")
@@ -104,3 +105,53 @@ def test_missing_file_and_round_trip(tmp_path):
     again = experiment_from_dict(yaml.safe_load(yaml.safe_dump(experiment.to_dict(), sort_keys=False)))
     assert again.space == experiment.space
     assert again.train == experiment.train
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (10**400, r"`train.learning_rate` is an integer of about 401 digits, but must be a finite number"),
+        (float("inf"), r"`train.learning_rate` is inf, but must be a finite number"),
+        ("inf", r"`train.learning_rate` is 'inf' \(str\), but must be a float"),
+    ],
+)
+def test_a_float_field_must_be_finite(value, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_dict({"name": "x", "task": "a:b", "train": {"learning_rate": value}})
+
+
+def test_every_section_is_parsed_and_checked(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "name: typed\ntask: tiny_task:task\n"
+        "train: {num_train_epochs: 3, eval_strategy: epoch, metric_for_best_model: accuracy}\n"
+        "space: {hidden: {type: int, low: 4, high: 32}}\nsearch: {num_trials: 5, sampler: random}\n"
+    )
+    experiment = load_experiment(path)
+    assert isinstance(experiment.train, TrainingArguments) and experiment.train.num_train_epochs == 3
+    assert experiment.train.output_dir == str(Path("runs") / "typed")
+    assert isinstance(experiment.search, SearchConfig)
+    assert (experiment.search.num_trials, experiment.search.sampler) == (5, "random")
+    assert experiment.search.metric == "eval_accuracy"  # filled in from the train section
+    assert experiment.to_dict()["search"] == {"num_trials": 5, "sampler": "random"}  # the file's own values
+
+
+def test_a_bad_search_section_is_refused_by_every_command(tmp_path, capsys):
+    from tunetrain.cli import main
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: typed\ntask: tiny_task:task\nparams: {hidden: 8}\nsearch: {num_trails: 4}\n")
+    with pytest.raises(ConfigError, match=r"`search.num_trails` is not a search key \(did you mean `num_trials`\?\)"):
+        load_experiment(path)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`search.num_trails`" in err[0]
+
+
+def test_replace_checks_the_new_sections_again():
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1}}
+    experiment = experiment_from_dict({"name": "x", "task": "m:t", "train": {"num_train_epochs": 2}, "space": space})
+    longer = experiment.replace(train={"num_train_epochs": 5})
+    assert (longer.train.num_train_epochs, experiment.train.num_train_epochs) == (5, 2)
+    with pytest.raises(ConfigError, match=r"`train.learning_rate` is fixed, but `space.learning_rate` searches it"):
+        experiment.replace(train={"learning_rate": 0.1})

@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 from conftest import TESTS
 
-from tunetrain import CheckpointError, ConfigError, Trainer, TrainingArguments, load_model, load_task, read_results
+from tunetrain import (
+    CheckpointError,
+    ConfigError,
+    Trainer,
+    TrainingArguments,
+    load_model,
+    load_task,
+    read_results,
+    search,
+)
 from tunetrain.cli import main
 from tunetrain.experiment import experiment_from_dict
-from tunetrain.export import export_trials
-from tunetrain.tuning import search
+from tunetrain.results import export_trials
+
+pytestmark = pytest.mark.e2e
 
 TINY = f"{TESTS / 'tiny_task.py'}:task"
 

@@ -17,6 +17,8 @@ from tunetrain import checkpoint as ckpt
 from tunetrain.cli import main
 from tunetrain.results import read_results
 
+pytestmark = pytest.mark.e2e
+
 
 @contextlib.contextmanager
 def _tmpfs(mount: Path, size: str) -> Iterator[Path]:

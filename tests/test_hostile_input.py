@@ -86,8 +86,6 @@ CASES = [
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("command", ["train", "search"])
 def test_a_malformed_experiment_file_is_one_line_and_exit_2(tmp_path, capsys, command, text, expected):
-    if command == "train" and "search:" in text:
-        pytest.skip("`tunetrain train` does not read the search section")
     path = tmp_path / "experiment.yaml"
     path.write_text(text, encoding="utf-8")
     code = main([command, str(path)] + (["--storage", str(tmp_path / "runs")] if command == "search" else []))
@@ -130,6 +128,7 @@ def test_a_task_file_that_misbehaves(tmp_path, capsys, source, expected):
     assert line.startswith("tunetrain: error: task ") and expected in line
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -246,6 +246,7 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.e2e
 def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     url = report.resolve().as_uri()
@@ -260,6 +261,7 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     assert dom.count('<img src="data:image/png;base64,') == 3
 
 
+@pytest.mark.e2e
 def test_importing_and_reporting_leave_pyplot_alone(experiment: Path, tmp_path: Path) -> None:
     # the module imports no matplotlib, and the report draws on Figure objects: a notebook's backend is untouched
     code = (

@@ -18,7 +18,9 @@ import pytest
 from slow_search import check_resumed, cli, env, slow_search, wait_until_partway
 
 from tunetrain.results import read_results
-from tunetrain.tuning.config import resolve_storage
+from tunetrain.storage import resolve_storage
+
+pytestmark = pytest.mark.e2e
 
 # moto takes any credentials; no AWS SDK lookup may leave the machine (instance metadata is off)
 AWS_ENV = {

@@ -27,6 +27,8 @@ from slow_search import (
 
 from tunetrain.results import read_results
 
+pytestmark = pytest.mark.e2e
+
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 

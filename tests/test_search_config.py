@@ -17,15 +17,10 @@ from pyarrow import fs
 from tunetrain.args import TrainingArguments
 from tunetrain.errors import ConfigError
 from tunetrain.space import SearchSpace
-from tunetrain.tuning import config as config_module
-from tunetrain.tuning.config import (
-    Resources,
-    SchedulerConfig,
-    SearchConfig,
-    make_sampler,
-    resolve_storage,
-    with_cli_overrides,
-)
+from tunetrain.storage import resolve_storage
+from tunetrain.tuning import components as components_module
+from tunetrain.tuning.components import make_sampler
+from tunetrain.tuning.config import Resources, SchedulerConfig, SearchConfig, with_cli_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -395,7 +390,7 @@ def test_the_grid_sampler_pickles():
     space = _space(GRID_SPACE)
     sampler = make_sampler(_load({"sampler": "grid"}, space=space), space)
     assert type(pickle.loads(pickle.dumps(sampler))) is type(sampler)
-    assert type(sampler).__module__ == config_module.__name__
+    assert type(sampler).__module__ == components_module.__name__
 
 
 # --- storage ----------------------------------------------------------------------------------------------------
@@ -477,3 +472,10 @@ def test_cli_overrides_merge_into_the_raw_section():
     assert with_cli_overrides(None) == {}
     with pytest.raises(ConfigError, match=r"`search.num_trials` is 0, but must be >= 1"):
         _load(with_cli_overrides(raw, num_trials=0))
+
+
+def test_an_int_past_the_float_range_is_not_a_finite_number():
+    message = r"`search.time_budget_s` is an integer of about 401 digits, but must be a finite number"
+    with pytest.raises(ConfigError, match=message):  # not an OverflowError
+        _load({"time_budget_s": 10**400})
+    assert _load({"resources_per_trial": {"cpu": 10**30}}).resources_per_trial.cpu == 10**30  # an int stays an int

@@ -16,9 +16,10 @@ from tunetrain.experiment import Experiment, experiment_from_dict
 from tunetrain.loop import Trainer
 from tunetrain.reporting import Reporter
 from tunetrain.results import read_history, read_results
+from tunetrain.storage import ExperimentDir
 from tunetrain.tuning import optuna as optuna_backend
-from tunetrain.tuning.common import ExperimentDir, trial_arguments
 from tunetrain.tuning.config import SearchConfig
+from tunetrain.tuning.trial import trial_arguments
 
 TINY_TASK = Path(__file__).parent / "tiny_task.py"
 EPOCHS = 6
@@ -124,13 +125,12 @@ def _experiment(
 
 
 def _config(experiment: Experiment) -> SearchConfig:
-    args = experiment.training_arguments(output_dir="unused")
-    return SearchConfig.from_dict(experiment.search, space=experiment.space, args=args)
+    return SearchConfig.from_dict(experiment.search_section(), space=experiment.space, args=experiment.train)
 
 
 def _search(experiment: Experiment):
     config = _config(experiment)
-    return optuna_backend.run(experiment, config, ExperimentDir.for_experiment(experiment, config))
+    return optuna_backend.OptunaBackend(experiment, config, ExperimentDir.open(config.storage, experiment.name)).run()
 
 
 def _study(exp_path: str | Path) -> optuna.Study:
@@ -162,6 +162,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Experiment, Any]
     return experiment, _search(experiment)
 
 
+@pytest.mark.e2e
 def test_search_runs_the_planned_trials_and_results_match_what_ran(finished: tuple[Experiment, Any]) -> None:
     _, result = finished
     exp_path = Path(result.experiment_dir)
@@ -192,6 +193,7 @@ def test_search_runs_the_planned_trials_and_results_match_what_ran(finished: tup
     assert result.best.best_metric == max(t.best_metric for t in on_disk.trials)
 
 
+@pytest.mark.e2e
 def test_journal_is_readable_by_a_fresh_optuna_study(finished: tuple[Experiment, Any]) -> None:
     _, result = finished
     study = _study(result.experiment_dir)
@@ -202,6 +204,7 @@ def test_journal_is_readable_by_a_fresh_optuna_study(finished: tuple[Experiment,
     assert all(max(t.intermediate_values) < EPOCHS for t in pruned)
 
 
+@pytest.mark.e2e
 def test_each_trial_writes_its_own_tensorboard_events(finished: tuple[Experiment, Any]) -> None:
     _, result = finished
     for record in result.trials:
@@ -209,6 +212,7 @@ def test_each_trial_writes_its_own_tensorboard_events(finished: tuple[Experiment
         assert events, f"no TensorBoard events for {record.trial_id}"
 
 
+@pytest.mark.e2e
 def test_rerun_of_a_finished_search_runs_no_new_trial(finished: tuple[Experiment, Any]) -> None:
     experiment, result = finished
     before = read_results(result.experiment_dir)
@@ -224,6 +228,7 @@ class _StopAfterFirstEvaluation(Reporter):
         raise KeyboardInterrupt  # as a kill would: the checkpoint of this evaluation is already on disk
 
 
+@pytest.mark.e2e
 def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path: Path, start_steps: list) -> None:
     experiment = _experiment(tmp_path, num_trials=2, scheduler="none")
     exp_path = tmp_path / "tiny-optuna"
@@ -265,6 +270,7 @@ def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path: Path, start_ste
     assert not (exp_path / "trials" / "trial-0003").exists()
 
 
+@pytest.mark.e2e
 def test_a_trial_that_raises_is_retried_from_its_checkpoint_then_errored(tmp_path: Path, start_steps: list) -> None:
     log = tmp_path / "calls.log"
     task_file = tmp_path / "flaky_task.py"
@@ -288,6 +294,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint_then_errored(tmp_pat
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
 
 
+@pytest.mark.e2e
 def test_a_trial_failing_at_every_attempt_is_errored_and_the_search_goes_on(tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
     task_file = tmp_path / "broken_task.py"
@@ -307,6 +314,7 @@ def test_a_trial_failing_at_every_attempt_is_errored_and_the_search_goes_on(tmp_
     assert result.best.trial_id == "trial-0001"
 
 
+@pytest.mark.e2e
 def test_a_config_error_stops_the_search_and_a_fixed_rerun_runs_that_trial_again(tmp_path: Path) -> None:
     experiment = _experiment(tmp_path, train={"metric_for_best_model": "f1"}, num_trials=2, scheduler="none")
     with pytest.raises(ConfigError, match="`metric_for_best_model` is 'f1', but the evaluation returned only"):
@@ -323,6 +331,7 @@ def test_a_config_error_stops_the_search_and_a_fixed_rerun_runs_that_trial_again
     assert result.trials[0].params == study.trials[0].params
 
 
+@pytest.mark.e2e
 def test_ctrl_c_leaves_the_trial_to_resume_on_the_next_run(tmp_path: Path, start_steps: list) -> None:
     task_file = tmp_path / "interrupted_task.py"
     marker = tmp_path / "interrupted"
@@ -353,6 +362,7 @@ _search(_experiment({storage!r}, task={task!r}, num_trials=2, scheduler="none"))
 """
 
 
+@pytest.mark.e2e
 def test_a_driver_killed_with_sigkill_resumes_on_rerun(tmp_path: Path, start_steps: list) -> None:
     import subprocess
     import sys
@@ -379,6 +389,7 @@ def test_a_driver_killed_with_sigkill_resumes_on_rerun(tmp_path: Path, start_ste
     assert [row["step"] for row in history] == [15 * e for e in range(1, EPOCHS + 1)]
 
 
+@pytest.mark.e2e
 def test_no_trial_starts_after_the_time_budget(tmp_path: Path) -> None:
     task_file = tmp_path / "slow_task.py"
     marker = tmp_path / "never-interrupt"
@@ -390,6 +401,7 @@ def test_no_trial_starts_after_the_time_budget(tmp_path: Path) -> None:
     assert len(_study(tmp_path / "tiny-optuna").trials) == 1
 
 
+@pytest.mark.e2e
 def test_asha_max_t_ends_every_trial_there(tmp_path: Path) -> None:
     scheduler = {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 2}
     result = _search(_experiment(tmp_path, num_trials=3, scheduler=scheduler))
@@ -397,6 +409,7 @@ def test_asha_max_t_ends_every_trial_there(tmp_path: Path) -> None:
     assert result.trials[0].status == "completed" and result.trials[0].evaluations == 2
 
 
+@pytest.mark.e2e
 def test_a_grid_search_ends_when_the_grid_is_exhausted(tmp_path: Path) -> None:
     space = {"hidden": {"type": "categorical", "choices": [4, 8, 16]}}
     experiment = _experiment(tmp_path, space=space, num_trials=5, sampler="grid", scheduler="none")
@@ -411,9 +424,10 @@ def test_remote_storage_is_refused(tmp_path: Path) -> None:
     config = _config(experiment)
     remote = ExperimentDir(fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem()), "tiny-optuna", "s3://b/x")
     with pytest.raises(ConfigError, match="the optuna backend needs a local or mounted directory"):
-        optuna_backend.run(experiment, config, remote)
+        optuna_backend.OptunaBackend(experiment, config, remote).prepare()
 
 
+@pytest.mark.e2e
 def test_a_search_metric_other_than_the_runs_decides_each_trials_best(tmp_path: Path) -> None:
     # the run alone would track eval_loss (its default); the search judges trials by accuracy
     train = {"metric_for_best_model": None}
@@ -429,6 +443,7 @@ def test_a_search_metric_other_than_the_runs_decides_each_trials_best(tmp_path: 
         assert (args["metric_for_best_model"], args["greater_is_better"]) == ("eval_accuracy", True)
 
 
+@pytest.mark.e2e
 def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_never_best(
     tmp_path: Path, start_steps: list
 ) -> None:
@@ -446,6 +461,7 @@ def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_never_best
     assert states[diverged.trial_id] == TrialState.FAIL
 
 
+@pytest.mark.e2e
 def test_a_trial_out_of_memory_is_errored_with_the_reason_and_the_search_goes_on(
     tmp_path: Path, start_steps: list
 ) -> None:

@@ -11,10 +11,11 @@ from conftest import TESTS
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: loopback only
 
-from tunetrain import ConfigError
+from tunetrain import ConfigError, search
 from tunetrain.experiment import experiment_from_dict
 from tunetrain.results import read_history, read_results
-from tunetrain.tuning import search
+
+pytestmark = pytest.mark.e2e
 
 TINY = f"{TESTS / 'tiny_task.py'}:task"
 
@@ -57,16 +58,16 @@ def _experiment(tmp_path: Path, *, task: str = TINY, epochs: int = 6, **search_s
 def test_search_end_to_end_with_asha(tmp_path, monkeypatch):
     import optuna
 
-    from tunetrain.tuning import ray as backend
+    from tunetrain.tuning.ray import driver
 
     searchers = []
-    original_init = backend._PrunedAwareOptunaSearch.__init__
+    original_init = driver.PrunedAwareOptunaSearch.__init__
 
     def capture(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         searchers.append(self)
 
-    monkeypatch.setattr(backend._PrunedAwareOptunaSearch, "__init__", capture)
+    monkeypatch.setattr(driver.PrunedAwareOptunaSearch, "__init__", capture)
     result = search(_experiment(tmp_path))
     exp_dir = tmp_path / "tiny-search"
     assert result.experiment_dir == str(exp_dir)
@@ -113,16 +114,21 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
     import optuna
 
     from tunetrain.space import SearchSpace
-    from tunetrain.tuning import ray as backend
+    from tunetrain.tuning.ray import driver
 
     space = SearchSpace.from_mapping({"x": {"type": "float", "low": 0.0, "high": 1.0}})
-    searcher = backend._PrunedAwareOptunaSearch(
-        space=space.define_by_run, metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0)
+    search_state = driver.SearchState()
+    searcher = driver.PrunedAwareOptunaSearch(
+        search_state,
+        space=space.define_by_run,
+        metric="objective",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
     )
     for trial_id in ("stopped", "finished", "broken"):
         searcher.suggest(trial_id)
         searcher.on_trial_result(trial_id, {"objective": 0.5, "evaluation": 1})
-    backend._STOPPED_EARLY.add("stopped")
+    search_state.stopped_early.add("stopped")
     searcher.on_trial_complete("stopped", {"objective": 0.5, "evaluation": 1})
     searcher.on_trial_complete("finished", {"objective": 0.9, "evaluation": 3})
     searcher.on_trial_complete("broken", None, error=True)
@@ -190,7 +196,7 @@ def test_resources_no_node_can_hold_and_restart_loses_nothing(tmp_path):
 
 def test_a_user_error_inside_trials_stops_the_search(tmp_path):
     experiment = _experiment(tmp_path, epochs=2, num_trials=4, max_failures=0)
-    experiment.train["metric_for_best_model"] = "f1"
+    experiment = experiment.replace(train={**experiment.sections["train"], "metric_for_best_model": "f1"})
     with pytest.raises(ConfigError, match=r"`metric_for_best_model` is 'f1', but the evaluation returned only"):
         search(experiment)
 
@@ -236,17 +242,21 @@ def test_a_trial_that_keeps_failing_is_errored_and_the_search_goes_on(tmp_path):
 def test_early_stopping_patience_ends_a_trial_as_stopped_early(tmp_path):
     experiment = _experiment(tmp_path, epochs=6, num_trials=1, scheduler="none",
                              points_to_evaluate=[{"learning_rate": 0.01, "hidden": 8}])  # fmt: skip
-    experiment.train.update(learning_rate=0.0, early_stopping_patience=2)  # never improves after evaluation 1
-    experiment.space = experiment.space.from_mapping({"hidden": {"type": "int", "low": 4, "high": 32}})
-    experiment.search["points_to_evaluate"] = [{"hidden": 8}]
+    experiment = experiment.replace(
+        train={**experiment.sections["train"], "learning_rate": 0.0, "early_stopping_patience": 2},  # never improves
+        space={"hidden": {"type": "int", "low": 4, "high": 32}},  # after evaluation 1
+        search={**experiment.sections["search"], "points_to_evaluate": [{"hidden": 8}]},
+    )
     (trial,) = search(experiment).trials
     assert (trial.status, trial.evaluations) == ("stopped_early", 3)
 
 
 def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_the_search_goes_on(tmp_path):
     experiment = _experiment(tmp_path, epochs=2, num_trials=2, max_failures=2, scheduler="none")
-    experiment.space = experiment.space.from_mapping({"diverge_after": {"type": "categorical", "choices": [0, 20]}})
-    experiment.search["sampler"] = "grid"
+    experiment = experiment.replace(
+        space={"diverge_after": {"type": "categorical", "choices": [0, 20]}},
+        search={**experiment.sections["search"], "sampler": "grid"},
+    )
     result = search(experiment)
     by_value = {t.params["diverge_after"]: t for t in result.trials}
     diverged = by_value[20]
@@ -260,3 +270,21 @@ def test_a_diverging_trial_is_errored_with_the_reason_not_retried_and_the_search
     assert [row["evaluation"] for row in ended["history"]] == [1]
     events = list((Path(result.experiment_dir) / "tensorboard" / diverged.trial_id).glob("events.*"))
     assert len(events) == 1
+
+
+def test_two_searches_in_one_process_on_different_backends_keep_their_own_results(tmp_path):
+    # one after the other in this process: a Ray search, an Optuna one, a Ray one again (its scheduler, searcher and
+    # bookkeeper share a state of their own: nothing of the first Ray search's ASHA stops leaks into the second)
+    first = search(_experiment(tmp_path / "a", epochs=4, num_trials=4))
+    second = search(_experiment(tmp_path / "b", epochs=2, num_trials=3, backend="optuna", scheduler="none"))
+    third = search(_experiment(tmp_path / "c", epochs=2, num_trials=2, scheduler="none"))
+    results = [read_results(tmp_path / where / "tiny-search") for where in "abc"]
+    assert [len(r.trials) for r in results] == [4, 3, 2]
+    assert [r.experiment_dir for r in (first, second, third)] == [str(tmp_path / w / "tiny-search") for w in "abc"]
+    assert {t.trial_id for t in results[1].trials} == {"trial-0000", "trial-0001", "trial-0002"}
+    assert not {t.trial_id for t in results[0].trials} & {t.trial_id for t in results[2].trials}
+    assert {t.status for t in results[1].trials} == {"completed"} == {t.status for t in results[2].trials}
+    assert all(t.evaluations == 2 for t in results[1].trials + results[2].trials)
+    for result, where in zip(results, "abc", strict=True):
+        for trial in result.trials:
+            assert Path(trial.best_checkpoint).is_relative_to(tmp_path / where)

@@ -34,6 +34,7 @@ def test_loading_the_data_leaves_the_global_rngs_alone():
     assert (random.random(), np.random.rand()) == expected
 
 
+@pytest.mark.e2e
 def test_generated_data_is_cached_and_regenerated_when_damaged(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNETRAIN_CACHE_DIR", str(tmp_path / "cache"))
     calls = []
@@ -55,6 +56,7 @@ def test_generated_data_is_cached_and_regenerated_when_damaged(tmp_path, monkeyp
     assert list((tmp_path / "cache").iterdir()) == [cached]  # rewritten whole, no temporary files left
 
 
+@pytest.mark.e2e
 def test_data_loads_without_a_writable_cache(tmp_path, monkeypatch):
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache directory would be")
@@ -84,6 +86,7 @@ def test_model_sizes_come_from_params():
     assert task.model_init({})(torch.zeros(3, 40)).shape == (3, 10)
 
 
+@pytest.mark.e2e
 def test_the_cnn_learns(tmp_path):
     # a shortened mnist1d_cnn.yaml (10 of its 30 epochs): the full file reaches ~95% test accuracy
     task = mnist1d.cnn()

@@ -14,12 +14,13 @@ from tunetrain import Trainer, TrainingArguments
 from tunetrain import checkpoint as ckpt
 from tunetrain.reporting import Reporter
 from tunetrain.results import ResultsBook, read_history, read_results
-from tunetrain.tuning import config as search_config
-from tunetrain.tuning import ray as backend
+from tunetrain.storage import ExperimentDir
+from tunetrain.storage.layout import TOKEN_NAME
+from tunetrain.tuning.ray import protocol, state, worker
 
 
 class _Persist(Reporter):
-    def __init__(self, store: backend._TrialStore) -> None:
+    def __init__(self, store: worker.TrialStore) -> None:
         self.store = store
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
@@ -40,10 +41,10 @@ def test_checkpoints_on_remote_storage_are_mirrored_and_resumed_from(tmp_path, m
     # a filesystem that is not a LocalFileSystem takes the remote path, as s3:// does
     remote = fs.SubTreeFileSystem(str(tmp_path / "bucket"), fs.LocalFileSystem())
     (tmp_path / "bucket").mkdir()
-    monkeypatch.setattr(search_config, "resolve_storage", lambda storage: (remote, "runs"))
+    monkeypatch.setattr(worker, "resolve_storage", lambda storage: (remote, "runs"))
     spec = SimpleNamespace(exp_path="runs/exp", local=False, config=SimpleNamespace(storage="s3://bucket/runs"))
 
-    store = backend._TrialStore(spec, "abc123")
+    store = worker.TrialStore(spec, "abc123")
     assert store.latest() is None and not store.ended()
     args = TrainingArguments(
         output_dir=store.output_dir, num_train_epochs=2, per_device_train_batch_size=16, eval_strategy="steps",
@@ -65,7 +66,7 @@ def test_checkpoints_on_remote_storage_are_mirrored_and_resumed_from(tmp_path, m
     remote.create_dir(f"{store.path}/checkpoint-35")
     remote.copy_file(f"{store.path}/checkpoint-30/model.safetensors", f"{store.path}/checkpoint-35/model.safetensors")
 
-    restarted = backend._TrialStore(spec, "abc123")
+    restarted = worker.TrialStore(spec, "abc123")
     latest = restarted.latest()
     assert latest is not None and latest.endswith("checkpoint-30") and latest.startswith(restarted.output_dir)
     # every complete checkpoint came down (the best too), so the local rotation sees what the bucket holds
@@ -80,9 +81,9 @@ def test_checkpoints_on_remote_storage_are_mirrored_and_resumed_from(tmp_path, m
     restarted.close()
 
     final = {"record": {"trial_id": "abc123", "status": "completed"}, "history": []}
-    backend._write_ended(remote, restarted.path, final)
-    assert backend._TrialStore(spec, "abc123").ended()
-    assert backend._ended(remote, restarted.path) == final
+    protocol.write_ended(remote, restarted.path, final)
+    assert worker.TrialStore(spec, "abc123").ended()
+    assert protocol.read_ended(remote, restarted.path) == final
 
 
 def test_tokens_ray_deleted_before_its_last_snapshot_are_put_back_on_resume(tmp_path):
@@ -91,15 +92,15 @@ def test_tokens_ray_deleted_before_its_last_snapshot_are_put_back_on_resume(tmp_
     # trial a: tokens 0 and 1 deleted, 2 left (its snapshot may point to 0 or 1); b: nothing missing; c: none yet
     for name in ("trial_a/checkpoint_000002", "trial_b/checkpoint_000000", "trial_c", "trials/a/checkpoint-15"):
         remote.create_dir(f"runs/exp/{name}")
-    exp_dir = SimpleNamespace(path="runs/exp", filesystem=remote)
+    exp_dir = ExperimentDir(remote, "runs/exp", "s3://runs/exp")
 
-    backend._mend_tokens(exp_dir)
+    state.mend_tokens(exp_dir)
 
     def listing(path: str) -> list[str]:
         return sorted(info.base_name for info in remote.get_file_info(fs.FileSelector(f"runs/exp/{path}")))
 
     assert listing("trial_a") == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000002"]
-    with remote.open_input_stream(f"runs/exp/trial_a/checkpoint_000001/{backend.TOKEN_NAME}") as token:
+    with remote.open_input_stream(f"runs/exp/trial_a/checkpoint_000001/{TOKEN_NAME}") as token:
         assert json.loads(token.read()) == {"trial_dir": "runs/exp/trials/a"}
     assert listing("trial_b") == ["checkpoint_000000"]
     assert listing("trial_c") == []
@@ -110,9 +111,9 @@ def test_a_run_resumed_at_its_end_reports_its_last_evaluation_and_the_earlier_on
     # the driver was killed after the trial's last checkpoint was saved, before it heard of the evaluation: the
     # resumed run trains nothing, and would otherwise end without a report (its record stuck at what the driver had)
     reports = []
-    monkeypatch.setattr(backend.tune, "report", lambda report, checkpoint=None: reports.append((report, checkpoint)))
+    monkeypatch.setattr(worker.tune, "report", lambda report, checkpoint=None: reports.append((report, checkpoint)))
     store = SimpleNamespace(path="runs/exp/trials/t1", location=lambda c: f"s3://{c}", persist=lambda c: None)
-    reporter = backend._TuneReporter("eval_accuracy", store)
+    reporter = worker.TuneReporter("eval_accuracy", store)
     history = [{"loss": 1.0, "step": 5}] + [
         {"eval_accuracy": 0.1 * n, "eval_loss": 2.0 - n, "epoch": float(n), "step": 15 * n} for n in (1, 2, 3, 4)
     ]
@@ -124,8 +125,8 @@ def test_a_run_resumed_at_its_end_reports_its_last_evaluation_and_the_earlier_on
 
     (report, token), *more = reports
     assert not more and token is not None  # the last report of a run carries Ray's token
-    values = json.loads(report[backend.METRICS])
-    assert (report[backend.EVALUATION], report[backend.OBJECTIVE]) == (4, 0.4)
+    values = json.loads(report[protocol.METRICS])
+    assert (report[protocol.EVALUATION], report[protocol.OBJECTIVE]) == (4, 0.4)
     assert (values["evaluation"], values["step"], values["eval_accuracy"]) == (4, 60, 0.4)
     assert values["best_checkpoint"] == "s3://runs/exp/trials/t1/checkpoint-60"
     assert [(e["evaluation"], e["step"], e["eval_loss"]) for e in values["earlier"]] == [(1, 15, 1.0), (2, 30, 0.0),
@@ -140,13 +141,13 @@ def test_a_trial_s_final_record_comes_back_whole_through_its_ended_json(tmp_path
     for evaluation, value in enumerate([0.2, float("nan"), 0.5, 0.4], start=1):
         seen.report("t1", {"eval_accuracy": value, "evaluation": evaluation, "step": 15 * evaluation})
     local = fs.LocalFileSystem()
-    backend._write_ended(local, str(tmp_path / "t1"), seen.final_record("t1", "completed"))
+    protocol.write_ended(local, str(tmp_path / "t1"), seen.final_record("t1", "completed"))
 
     (tmp_path / "stale").mkdir()  # the search makes the experiment dir before its ResultsBook
     stale = ResultsBook(str(tmp_path / "stale"), metric="eval_accuracy", mode="max", min_interval_s=0)
     stale.start("t1", 0, {"hidden": 8})
     stale.report("t1", {"eval_accuracy": 0.2, "evaluation": 1, "step": 15})
-    stale.restore(backend._ended(local, str(tmp_path / "t1")))
+    stale.restore(protocol.read_ended(local, str(tmp_path / "t1")))
 
     (record,) = read_results(tmp_path / "stale").trials
     assert (record.status, record.evaluations, record.best_metric, record.best_step) == ("completed", 4, 0.5, 45)

@@ -16,17 +16,20 @@ _EXPORTS = {
     "CheckpointError": "tunetrain.errors",
     "ConfigError": "tunetrain.errors",
     "Experiment": "tunetrain.experiment",
+    "NonFiniteLossError": "tunetrain.errors",
     "SearchSpace": "tunetrain.space",
+    "StorageError": "tunetrain.errors",
     "Task": "tunetrain.task",
     "TaskError": "tunetrain.errors",
     "TrainOutput": "tunetrain.loop",
     "Trainer": "tunetrain.loop",
     "TrainingArguments": "tunetrain.args",
+    "TunetrainError": "tunetrain.errors",
     "load_experiment": "tunetrain.experiment",
     "load_model": "tunetrain.export",
     "load_task": "tunetrain.task",
     "read_results": "tunetrain.results",
-    "search": "tunetrain.tuning",
+    "search": "tunetrain.tuning.driver",
     "SearchResult": "tunetrain.results",
     "train": "tunetrain.loop",
 }
@@ -36,13 +39,16 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Experiment",
+    "NonFiniteLossError",
     "SearchResult",
     "SearchSpace",
+    "StorageError",
     "Task",
     "TaskError",
     "TrainOutput",
     "Trainer",
     "TrainingArguments",
+    "TunetrainError",
     "load_experiment",
     "load_model",
     "load_task",
@@ -54,14 +60,21 @@ __all__ = [
 if TYPE_CHECKING:
     from tunetrain.args import TrainingArguments
     from tunetrain.data import ArrowDataset
-    from tunetrain.errors import CheckpointError, ConfigError, TaskError
+    from tunetrain.errors import (
+        CheckpointError,
+        ConfigError,
+        NonFiniteLossError,
+        StorageError,
+        TaskError,
+        TunetrainError,
+    )
     from tunetrain.experiment import Experiment, load_experiment
     from tunetrain.export import load_model
     from tunetrain.loop import Trainer, TrainOutput, train
     from tunetrain.results import SearchResult, read_results
     from tunetrain.space import SearchSpace
     from tunetrain.task import Task, load_task
-    from tunetrain.tuning import search
+    from tunetrain.tuning.driver import search
 
 
 def __getattr__(name: str) -> Any:

@@ -7,12 +7,13 @@ cannot go together raise `ConfigError` naming the field and the rule.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tunetrain.errors import ConfigError, did_you_mean, show_value
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import did_you_mean, show_value
+from tunetrain.parsing import parse_float, parse_int
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -78,6 +79,10 @@ class TrainingArguments:
         _check_choices(self)
         _check_ranges(self)
         _check_combinations(self)
+        # fields left None are derived from others; `replace` derives them again from the new values
+        self._derived = frozenset(
+            name for name in ("eval_steps", "metric_for_best_model", "greater_is_better") if getattr(self, name) is None
+        )
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
         needs_metric = self.load_best_model_at_end or self.early_stopping_patience is not None
@@ -100,8 +105,11 @@ class TrainingArguments:
             raise ConfigError(f"`{where}.{str(exc).lstrip('`')}") from None
 
     def replace(self, **overrides: Any) -> TrainingArguments:
-        """A copy with some fields changed, checked like a new object (unknown fields are an error)."""
-        return TrainingArguments.from_dict({**self.to_dict(), **overrides}, where="args")
+        """A copy with some fields changed, checked like a new object (unknown fields are an error). A field that
+        was derived rather than given (`eval_steps` from `logging_steps`, `greater_is_better` from the metric's
+        name) is derived again from the new values, unless `overrides` sets it."""
+        rederived = {name: None for name in getattr(self, "_derived", ()) if name not in overrides}
+        return TrainingArguments.from_dict({**self.to_dict(), **rederived, **overrides}, where="args")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,23 +145,13 @@ def _coerce(name: str, value: Any, kind: tuple[str, bool]) -> Any:
         if isinstance(value, bool):
             return value
     elif type_name == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        if (number := parse_int(value)) is not None:
+            return number
     elif type_name == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"`{name}` is {value}, but must be a finite number")
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-            else:
-                if math.isfinite(number):
-                    return number
+        if (number := parse_float(value, strings=True, finite=True)) is not None:  # YAML 1.1 reads `1e-4` as a str
+            return number
+        if parse_float(value) is not None:  # NaN or inf (a string 'inf' is not a float: the message below)
+            raise ConfigError(f"`{name}` is {show_value(value)}, but must be a finite number")
     elif type_name == "str" and isinstance(value, str):
         return value
     shown = show_value(value)

@@ -40,6 +40,7 @@ PARAMS_NAME = "params.json"
 ARGS_NAME = "training_args.json"
 REQUIRED_FILES = (WEIGHTS_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_STATE_NAME, TRAINER_STATE_NAME, PARAMS_NAME)
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+_TEMP_PREFIX = f".tmp-{PREFIX}"  # a save in progress: `.tmp-checkpoint-{step}-{pid}`, renamed into place when complete
 
 
 @dataclass
@@ -73,6 +74,11 @@ class TrainerState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` is saved: `output_dir/checkpoint-{step}`."""
+    return Path(output_dir) / f"{PREFIX}-{step}"
+
+
 def checkpoint_step(path: str | Path) -> int | None:
     match = _CHECKPOINT_RE.match(Path(path).name)
     return int(match.group(1)) if match else None
@@ -104,8 +110,8 @@ def save_checkpoint(
     args: dict[str, Any],
 ) -> Path:
     """Write `output_dir/checkpoint-{step}` atomically and return its path."""
-    final = Path(output_dir) / f"{PREFIX}-{state.global_step}"
-    tmp = Path(output_dir) / f".tmp-{PREFIX}-{state.global_step}-{os.getpid()}"
+    final = checkpoint_path(output_dir, state.global_step)
+    tmp = Path(output_dir) / f"{_TEMP_PREFIX}-{state.global_step}-{os.getpid()}"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -134,6 +140,14 @@ def save_checkpoint(
         raise StorageError(_cannot_write(final, exc)) from exc
     logger.debug("saved %s (%s)", final, ", ".join(sorted(p.name for p in final.iterdir())))
     return final
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> None:
+    """Delete the temporary directories of saves that were killed halfway (never a complete checkpoint)."""
+    root = Path(output_dir)
+    if root.is_dir():
+        for path in root.glob(f"{_TEMP_PREFIX}-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _cannot_write(path: Path, exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunetrain.errors import ConfigError, NonFiniteLossError, StorageError
+from tunetrain.errors import ConfigError, TunetrainError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -81,12 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return _COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except TunetrainError as exc:  # a user error (exit 2), a diverged run or a full disk (exit 1): not bugs to trace
         print(f"tunetrain: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (NonFiniteLossError, StorageError) as exc:  # a diverged run, a full disk: not bugs to trace
-        print(f"tunetrain: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
     except KeyboardInterrupt:
         print("tunetrain: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -140,8 +137,9 @@ def _train(cli: argparse.Namespace) -> int:
 def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None]:
     """(experiment, params, default output dir) from an experiment file, an export dir or an experiment dir."""
     from tunetrain.experiment import apply_overrides, experiment_from_dict, load_experiment
-    from tunetrain.export import EXPERIMENT_NAME, read_experiment
-    from tunetrain.tuning.config import is_uri
+    from tunetrain.results import read_experiment
+    from tunetrain.storage import is_uri
+    from tunetrain.storage.layout import EXPERIMENT_NAME, FINAL_DIR
 
     path = Path(cli.experiment)
     default_output = None  # an experiment dir in remote storage (s3://...): its experiment's own output_dir
@@ -149,7 +147,7 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | 
         if not path.is_dir():
             experiment = load_experiment(path, cli.overrides)
             return experiment, _params_for(experiment, cli.params), None
-        default_output = str(path / "final")
+        default_output = str(path / FINAL_DIR)
         if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
             experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
             return experiment, _params_for(experiment, cli.params), default_output
@@ -214,7 +212,8 @@ def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: 
     """The final model in exportable form beside the checkpoints (see `tunetrain.export`)."""
     from safetensors.torch import save_model
 
-    from tunetrain.export import WEIGHTS_NAME, write_model_dir
+    from tunetrain.export import write_model_dir
+    from tunetrain.storage.layout import WEIGHTS_NAME
 
     output_dir = Path(trainer.run_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +224,7 @@ def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: 
 
 
 def _export(cli: argparse.Namespace) -> int:
-    from tunetrain.export import export_trials
+    from tunetrain.results import export_trials
 
     paths = export_trials(cli.experiment_dir, cli.out, trial_id=cli.trial, top_k=cli.top_k, force=cli.force)
     for path in paths:
@@ -243,7 +242,7 @@ def _report(cli: argparse.Namespace) -> int:
 
 
 def _search(cli: argparse.Namespace) -> int:
-    from tunetrain.tuning import search
+    from tunetrain.tuning.driver import search
 
     try:
         result = search(

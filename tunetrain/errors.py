@@ -1,18 +1,29 @@
-"""The one exception type for mistakes a user can fix (bad config, bad params, missing files).
+"""The errors tunetrain raises on purpose; all are `TunetrainError`s (anything else is our bug).
 
-The CLI prints these as a single line on stderr and exits with code 2; anything else is our bug and
-keeps its traceback.
+`ConfigError` and its subclasses are mistakes a user can fix (bad config, bad params, a missing checkpoint, a task
+that does not import): the CLI prints them as one line on stderr and exits with code 2. `StorageError` (a full disk)
+and `NonFiniteLossError` (a diverged run) are not mistakes in the command but are not our bugs either: one line on
+stderr, exit code 1. Each class carries its `exit_code`; anything that is not a TunetrainError keeps its traceback.
 """
 
 from __future__ import annotations
 
-import difflib
-import reprlib
-from collections.abc import Iterable
+from typing import ClassVar
 
 
-class ConfigError(ValueError):
-    """A user error: the message names the key or value and what was expected."""
+class TunetrainError(Exception):
+    """The base of every error tunetrain raises on purpose; its message is the whole story (no traceback needed)."""
+
+    exit_code: ClassVar[int] = 1  # what `tunetrain` exits with when this error ends a command
+
+
+class ConfigError(TunetrainError, ValueError):
+    """A user error: the message names the key or value and what was expected.
+
+    A ValueError too, for callers that catch one.
+    """
+
+    exit_code: ClassVar[int] = 2
 
 
 class CheckpointError(ConfigError):
@@ -23,57 +34,11 @@ class TaskError(ConfigError):
     """A task path that does not import, names nothing, or names something that is not a task."""
 
 
-class StorageError(RuntimeError):
+class StorageError(TunetrainError, RuntimeError):
     """A checkpoint or result could not be written (a full disk, a read-only or vanished directory). What was
     written before stays complete, so the run or search resumes once the storage works again."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TunetrainError, RuntimeError):
     """The training loss became NaN or infinite: the run diverged (too high a learning rate, say). Not a mistake in
     the config but an outcome of these params: a search marks the trial errored with this message and goes on."""
-
-
-def did_you_mean(word: object, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
-    """` (did you mean `x`?)` for the closest candidate, or "" (for messages that name an unknown key).
-
-    Case is ignored (`GPU` is `gpu`); a word that starts exactly one candidate means it (`grace` is
-    `grace_period`); then swapped letters (`lgo` is `log`, though difflib rates `low` closer), then difflib's
-    closest match. Never "; ": that separates the problems of one collected error.
-    """
-    if not isinstance(word, str):
-        return ""
-    candidates = list(candidates)
-    lowered = word.lower()
-    match = [c for c in candidates if c.lower() == lowered]
-    starting = [c for c in candidates if lowered and c.lower().startswith(lowered)]
-    match = match or (starting if len(starting) == 1 else [])
-    match = match or [c for c in candidates if sorted(c) == sorted(word)]
-    match = match or difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
-    return f" (did you mean `{match[0]}`?)" if match else ""
-
-
-_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 56, 56
-_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
-
-
-def show_value(value: object) -> str:
-    """A value as a message shows it: its repr (shortened), with the type unless it is a plain YAML scalar.
-
-    Bounded however big the value is: nested containers are cut after a few items and two levels (a YAML alias
-    bomb holds billions of items by reference), an integer too long to print is shown by its size.
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
-    else:
-        text = _SHORT.repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    if value is None or type(value) in (str, int, float, bool):
-        return text
-    return f"{text} ({type(value).__name__})"
-
-
-def format_value(value: object) -> str:
-    """A value as tables and log lines show it: floats to 4 significant digits, anything else as str()."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

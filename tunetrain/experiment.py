@@ -5,7 +5,7 @@ name: mnist1d-cnn
 task: tunetrain.tasks.mnist1d:cnn      # "module:attr" or "path/to/file.py:attr"
 train: {num_train_epochs: 20, ...}     # fixed TrainingArguments
 space: {learning_rate: {type: float, low: 1.0e-4, high: 0.1, log: true}, ...}
-search: {backend: ray, num_trials: 64, ...}
+search: {backend: ray, num_trials: 64, ...}    # checked by every command, `tunetrain train` too
 params: {learning_rate: 0.01, ...}       # instead of a space: fixed params (what an export writes)
 ```
 
@@ -16,6 +16,7 @@ here imports torch: a file can be checked without starting a training process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,40 +26,70 @@ from typing import Any
 import yaml
 
 from tunetrain.args import TrainingArguments, field_names
-from tunetrain.errors import ConfigError, did_you_mean, show_value
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import did_you_mean, show_value
 from tunetrain.space import SearchSpace
+from tunetrain.tuning.config import SearchConfig
 
 TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_FILE_BYTES = 1_000_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class Experiment:
-    """A loaded, checked experiment file. `train` is the raw `train:` mapping (with overrides applied)."""
+    """A loaded experiment file, every section parsed and checked (build one with `experiment_from_dict` or
+    `load_experiment`; change one with `replace`).
+
+    - `train`: the fixed TrainingArguments; `output_dir` defaults to `runs/{name}`.
+    - `space`: what a search varies (empty for a file of fixed `params`). `params`: fixed params.
+    - `search`: the checked `search:` section, or None when the file has none (a search then takes every default).
+    - `sections`: the `train:` and `search:` mappings as given (overrides applied): what `to_dict` writes back, so
+      that an export or a search's `search.json` holds the file's own values, not every default.
+    """
 
     name: str
     task: str
-    train: dict[str, Any] = field(default_factory=dict)
+    train: TrainingArguments
     space: SearchSpace = field(default_factory=lambda: SearchSpace.from_mapping(None))
-    search: dict[str, Any] = field(default_factory=dict)
+    search: SearchConfig | None = None
     params: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def training_arguments(self, **overrides: Any) -> TrainingArguments:
-        """The fixed TrainingArguments of this experiment; `output_dir` defaults to `runs/{name}`."""
-        values = {"output_dir": str(Path("runs") / self.name), **self.train, **overrides}
-        return TrainingArguments.from_dict(values, where="train")
+        """The fixed TrainingArguments, with `overrides` (e.g. a run's `output_dir`) applied and checked."""
+        return self.train.replace(**overrides) if overrides else self.train
+
+    def search_section(self) -> dict[str, Any]:
+        """The raw `search:` mapping (what CLI flags are merged into before it is checked again)."""
+        if "search" in self.sections:
+            return dict(self.sections["search"])
+        return self.search.to_dict() if self.search is not None else {}
+
+    def replace(self, **sections: Any) -> Experiment:
+        """A copy with whole sections replaced (`train={...}`, `space={...}`, `search={...}`: raw mappings as in
+        the file), checked again like a loaded file."""
+        experiment = experiment_from_dict({**self.to_dict(), **sections})
+        return dataclasses.replace(experiment, path=self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "task": self.task, "train": dict(self.train)}
+        train = self.sections.get("train")
+        out: dict[str, Any] = {"name": self.name, "task": self.task, "train": dict(train or _changed(self.train))}
         if self.params:
             out["params"] = dict(self.params)
         if not self.space.is_empty:
             out["space"] = self.space.to_dict()
-        if self.search:
-            out["search"] = dict(self.search)
+        search = self.search_section()
+        if search:
+            out["search"] = search
         return out
+
+
+def _changed(args: TrainingArguments) -> dict[str, Any]:
+    """The fields of `args` that differ from TrainingArguments' defaults (its output_dir aside)."""
+    defaults = TrainingArguments(output_dir=args.output_dir).to_dict()
+    return {k: v for k, v in args.to_dict().items() if k != "output_dir" and v != defaults[k]}
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -78,7 +109,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         experiment = experiment_from_dict(raw)
     except RecursionError:
         raise ConfigError(f"experiment file {str(path)!r} is nested too deeply") from None
-    experiment.path = path
+    experiment = dataclasses.replace(experiment, path=path)
     return experiment
 
 
@@ -161,26 +192,33 @@ def experiment_from_dict(raw: Any) -> Experiment:
     task = raw.get("task")
     if not isinstance(task, str) or ":" not in task:
         errors.append(f"`task` is {show_value(task)}, but must be 'pkg.module:attr' or 'path/to/file.py:attr'")
-    train = _section(raw, "train", errors)
-    errors.extend(_train_errors(train))
+    train_section = _section(raw, "train", errors)
+    train = _training_arguments(name, train_section, errors)
     space = None
     try:
         space = SearchSpace.from_mapping(_section(raw, "space", errors) or None)
     except ConfigError as exc:
         errors.append(str(exc))
-    search = _section(raw, "search", errors)
+    search_section = _section(raw, "search", errors)
     params = _section(raw, "params", errors)
     if params and space is not None and not space.is_empty:
         errors.append("`params` and `space` are both given, but params fixes what a space would search: keep one")
-    for key in sorted(set(train) & set(params)):
+    for key in sorted(set(train_section) & set(params)):
         errors.append(f"`train.{key}` is fixed, and `params.{key}` sets it again: keep one")
     if space is not None:
-        fixed_and_searched = sorted(set(train) & set(space.names))
+        fixed_and_searched = sorted(set(train_section) & set(space.names))
         for key in fixed_and_searched:
             errors.append(f"`train.{key}` is fixed, but `space.{key}` searches it: remove one of them")
+    search = None
+    if raw.get("search") is not None and train is not None and space is not None:
+        try:  # checked against the space and the run, so only once both are known to be right
+            search = SearchConfig.from_dict(search_section, space=space, args=train)
+        except ConfigError as exc:
+            errors.append(str(exc))
     if errors:
         raise ConfigError("; ".join(errors))
-    return Experiment(name=name, task=task, train=train, space=space, search=search, params=params)
+    sections = {"train": train_section, **({"search": search_section} if raw.get("search") is not None else {})}
+    return Experiment(name=name, task=task, train=train, space=space, search=search, params=params, sections=sections)
 
 
 def _check_name(name: Any, errors: list[str]) -> str:
@@ -207,16 +245,19 @@ def _section(raw: Mapping[str, Any], key: str, errors: list[str]) -> dict[str, A
     return dict(value)
 
 
-def _train_errors(train: dict[str, Any]) -> list[str]:
-    errors = [
+def _training_arguments(name: str, train: dict[str, Any], errors: list[str]) -> TrainingArguments | None:
+    """The `train:` section as TrainingArguments (`output_dir` defaults to `runs/{name}`), or None with its problems
+    appended: every unknown key, else the first bad value."""
+    unknown = [
         f"`train.{key}` is not a TrainingArguments field{did_you_mean(key, field_names())}"
         for key in train
         if key not in field_names()
     ]
-    if errors:
-        return errors
+    errors.extend(unknown)
+    if unknown:
+        return None
     try:
-        TrainingArguments.from_dict({"output_dir": "unused", **train}, where="train")
+        return TrainingArguments.from_dict({"output_dir": str(Path("runs") / (name or "unnamed")), **train})
     except ConfigError as exc:
-        return [str(exc)]
-    return []
+        errors.append(str(exc))
+        return None

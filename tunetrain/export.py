@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tunetrain.errors import ConfigError
+from tunetrain.storage import experiment_location, is_file, is_uri
+from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, METRICS_NAME, PARAMS_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -28,65 +30,10 @@ if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
     from tunetrain.results import SearchResult, TrialRecord
 
-WEIGHTS_NAME = "model.safetensors"
-PARAMS_NAME = "params.json"
-METRICS_NAME = "metrics.json"
-EXPERIMENT_NAME = "experiment.yaml"
-CARD_NAME = "README.md"
-
-
-def export_trials(
-    experiment_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    trial_id: str | None = None,
-    top_k: int | None = None,
-    force: bool = False,
-) -> list[Path]:
-    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL)."""
-    result, experiment = read_experiment(experiment_dir)
-    if trial_id is not None:
-        chosen = [t for t in result.trials if t.trial_id == trial_id]
-        if not chosen:
-            known = ", ".join(t.trial_id for t in result.trials[:10])
-            raise ConfigError(f"trial {trial_id!r} is not in {str(experiment_dir)!r} (its trials: {known})")
-    else:
-        chosen = result.ranked()[: top_k or 1]
-        if not chosen:
-            raise ConfigError(f"experiment {str(experiment_dir)!r} holds no finished trial with a finite metric")
-    out_dir = _empty_dir(Path(out_dir), force)
-    if top_k is None or trial_id is not None:
-        return [write_export(out_dir, experiment, result, chosen[0])]
-    return [
-        write_export(out_dir / f"rank-{rank}-{trial.trial_id}", experiment, result, trial)
-        for rank, trial in enumerate(chosen, start=1)
-    ]
-
-
-def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
-    """The results and the experiment (as the search started it) of an experiment dir: a path or a URI."""
-    from pyarrow import fs
-
-    from tunetrain.experiment import experiment_from_dict
-    from tunetrain.results import experiment_location, read_results
-    from tunetrain.tuning.common import STATE_NAME, read_json
-
-    filesystem, path = experiment_location(experiment_dir)
-    shown = str(experiment_dir)
-    if filesystem.get_file_info(path).type != fs.FileType.Directory:
-        raise ConfigError(f"experiment dir {shown!r} does not exist")
-    state = read_json(filesystem, f"{path}/{STATE_NAME}")
-    if not isinstance(state, dict) or "experiment" not in state:
-        raise ConfigError(f"{shown!r} is not an experiment dir: it has no {STATE_NAME}")
-    return read_results(experiment_dir), experiment_from_dict(state["experiment"])
-
 
 def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord) -> Path:
     """One trial's export folder (see the module docstring). The checkpoint may be in remote storage (s3://...)."""
     from pyarrow import fs
-
-    from tunetrain.results import experiment_location
-    from tunetrain.tuning.config import is_uri
 
     missing = ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({trial.best_checkpoint})")
     if not trial.best_checkpoint:
@@ -95,7 +42,7 @@ def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, tr
     if is_uri(trial.best_checkpoint):  # in the experiment's storage: `scheme://` then the path in its filesystem
         filesystem, _ = experiment_location(result.experiment_dir)
         remote = f"{trial.best_checkpoint.split('://', 1)[1]}/{WEIGHTS_NAME}"
-        if filesystem.get_file_info(remote).type != fs.FileType.File:
+        if not is_file(filesystem, remote):
             raise missing
         out_dir.mkdir(parents=True, exist_ok=True)
         weights = out_dir / WEIGHTS_NAME
@@ -173,7 +120,7 @@ def _fixed_experiment(experiment: Experiment, params: dict[str, Any]) -> dict[st
     return fixed
 
 
-def _empty_dir(path: Path, force: bool) -> Path:
+def empty_dir(path: Path, force: bool) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         if not force:
             raise ConfigError(f"export dir {str(path)!r} exists and is not empty (use --force to replace it)")

@@ -15,9 +15,9 @@ import inspect
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,6 +50,39 @@ class TrainOutput(NamedTuple):
     metrics: dict[str, float]
 
 
+@dataclass(eq=False, slots=True)
+class _Run:
+    """One `train()` call's run: what the loop reads and updates, built by `Trainer._setup_run`.
+
+    `window_loss` is the loss summed on the device since the last log line; it is summed into and reset in place,
+    never rebound (the loop holds it in a local).
+    """
+
+    args: TrainingArguments
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any  # accelerate's GradScaler for fp16, else None
+    state: ckpt.TrainerState
+    control: TrainerControl
+    reporters: list[Reporter]  # the main process's; none on the others
+    # data and budget
+    train_loader: DataLoader
+    epoch_generator: torch.Generator  # the train loader's, reseeded with seed + epoch before each epoch
+    num_batches: int  # micro-batches an epoch
+    accum: int
+    steps_per_epoch: int
+    max_steps: int
+    # this call's counters: metrics count only the work done in this call
+    start_time: float
+    start_step: int
+    loss_finite_through: int  # the last step whose loss (and every one before) was checked finite
+    counters: _LossCounters
+    window_loss: torch.Tensor
+    samples_seen: int = 0
+    grad_norm: torch.Tensor | None = None  # of the last optimizer step; None when max_grad_norm is 0
+
+
 class Trainer:
     """Trains `task`'s model with `args`; `space` turns an `optuna.Trial` into params and checks dict params.
 
@@ -78,9 +111,13 @@ class Trainer:
         self.model = model  # scored by evaluate() before any train(); train() builds a fresh one with model_init
         self._prepared_model: torch.nn.Module | None = None
         self.params: dict[str, Any] = {}
-        self.state = ckpt.TrainerState()
+        self.state = ckpt.TrainerState()  # the current (or last) run's; train() replaces it
         self.accelerator: Accelerator | None = None
         self.run_args = self.args
+        # set with the accelerator (_setup_accelerator), read by the per-step path
+        self._on_cpu: bool | None = None
+        self._distributed: bool | None = None
+        self._plain_backward: bool | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -138,7 +175,57 @@ class Trainer:
         reporters: list[Reporter],
         ignore_keys_for_eval: list[str] | None,
     ) -> TrainOutput:
-        # setup: seed, model, data, optimizer, schedule
+        run = self._setup_run(batch_size, args, model_params, resume_path, reporters)
+        # what every step uses, as locals: the per-step path pays no attribute lookup for them. `window_loss` is
+        # `run.window_loss` itself: summed into and reset in place, never rebound
+        model, optimizer, scheduler, scaler = run.model, run.optimizer, run.scheduler, run.scaler
+        state, control, reporters, window_loss = run.state, run.control, run.reporters, run.window_loss
+        num_batches, accum, steps_per_epoch, max_steps = run.num_batches, run.accum, run.steps_per_epoch, run.max_steps
+        max_grad_norm = args.max_grad_norm
+        start_epoch, steps_into_epoch = divmod(state.global_step, steps_per_epoch)
+        num_epochs = math.ceil(max_steps / steps_per_epoch)
+        try:
+            for epoch in range(start_epoch, num_epochs):
+                if state.global_step >= max_steps or control.should_stop:
+                    break
+                run.epoch_generator.manual_seed(args.seed + epoch)
+                skip = steps_into_epoch * accum if epoch == start_epoch else 0
+                loader = run.train_loader if skip == 0 else _skip_batches(run.train_loader, skip)
+                for batch_index, batch in enumerate(loader, start=skip):
+                    group = _group_size(batch_index, num_batches, accum)
+                    boundary = (batch_index + 1) % accum == 0 or batch_index + 1 == num_batches
+                    window_loss += self._training_step(run, model, batch, group, boundary)
+                    if not boundary:
+                        continue
+                    run.grad_norm = self._optimizer_step(model, optimizer, scaler, max_grad_norm)
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.global_step += 1
+                    state.epoch = state.global_step / steps_per_epoch
+                    state.logging_loss_steps += 1
+                    for reporter in reporters:
+                        reporter.on_step(state)
+                    # a budget that ends mid-epoch still gets the epoch strategies' log / eval / save, as in
+                    # Transformers
+                    end_of_epoch = batch_index + 1 == num_batches or state.global_step >= max_steps
+                    self._maybe_log_evaluate_save(run, end_of_epoch, ignore_keys_for_eval)
+                    if state.global_step >= max_steps or control.should_stop:
+                        break
+        except BaseException:
+            for reporter in reporters:
+                reporter.close()
+            raise
+        return self._wind_down(run)
+
+    def _setup_run(
+        self,
+        batch_size: int,
+        args: TrainingArguments,
+        model_params: dict[str, Any],
+        resume_path: Path | None,
+        reporters: list[Reporter],
+    ) -> _Run:
+        """Seed, model, data, optimizer, schedule, the state (the checkpoint's when resuming), reporters begun."""
         self._setup_accelerator(args)
         accelerator = self.accelerator
         _set_seed(args.seed)
@@ -156,97 +243,46 @@ class Trainer:
         if resume_path is not None:
             state = self._resume(resume_path, model, optimizer, scheduler, scaler, state, model_params)
         self.state = state
-        _remove_partial_checkpoints(args.output_dir)
+        ckpt.remove_partial_checkpoints(args.output_dir)
         control = TrainerControl()
-        main = accelerator.is_main_process
-        reporters = reporters if main else []
+        reporters = reporters if accelerator.is_main_process else []
         for reporter in reporters:
             reporter.on_train_begin(args, state, self.params)
-
         # per-call counters: metrics count only the work done in this call. The loss of the steps since the
         # last log line is summed on the device (one add per micro-batch, no sync); a resumed run starts from
         # the partial sum its checkpoint saved, which is not this call's work
-        start_time = time.perf_counter()
-        start_step = state.global_step
-        self._loss_finite_through = start_step  # the last step whose loss (and every one before) was checked finite
-        samples_seen = 0
-        counters = _LossCounters(carried=state.logging_loss_sum)
-        window_loss = torch.tensor(state.logging_loss_sum, device=accelerator.device)
-        grad_norm: torch.Tensor | None = None
+        run = _Run(
+            args=args,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            state=state,
+            control=control,
+            reporters=reporters,
+            train_loader=train_loader,
+            epoch_generator=epoch_generator,
+            num_batches=num_batches,
+            accum=accum,
+            steps_per_epoch=steps_per_epoch,
+            max_steps=max_steps,
+            start_time=time.perf_counter(),
+            start_step=state.global_step,
+            loss_finite_through=state.global_step,
+            counters=_LossCounters(carried=state.logging_loss_sum),
+            window_loss=torch.tensor(state.logging_loss_sum, device=accelerator.device),
+        )
         model.train()
+        return run
 
-        start_epoch, steps_into_epoch = divmod(state.global_step, steps_per_epoch)
-        num_epochs = math.ceil(max_steps / steps_per_epoch)
-        try:
-            for epoch in range(start_epoch, num_epochs):
-                if state.global_step >= max_steps or control.should_stop:
-                    break
-                epoch_generator.manual_seed(args.seed + epoch)
-                skip = steps_into_epoch * accum if epoch == start_epoch else 0
-                loader = train_loader if skip == 0 else _skip_batches(train_loader, skip)
-                for batch_index, batch in enumerate(loader, start=skip):
-                    group = _group_size(batch_index, num_batches, accum)
-                    boundary = (batch_index + 1) % accum == 0 or batch_index + 1 == num_batches
-                    window_loss += self._training_step(model, batch, group, boundary)
-                    samples_seen += self._last_batch_size
-                    if not boundary:
-                        continue
-                    grad_norm = self._optimizer_step(model, optimizer, scaler, args.max_grad_norm)
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.global_step += 1
-                    state.epoch = state.global_step / steps_per_epoch
-                    state.logging_loss_steps += 1
-                    for reporter in reporters:
-                        reporter.on_step(state)
-                    # a budget that ends mid-epoch still gets the epoch strategies' log / eval / save, as in
-                    # Transformers
-                    end_of_epoch = batch_index + 1 == num_batches or state.global_step >= max_steps
-                    window_loss = self._maybe_log_evaluate_save(
-                        args, state, control, reporters, window_loss, counters, grad_norm, scheduler,
-                        end_of_epoch, optimizer, scaler, ignore_keys_for_eval,
-                    )  # fmt: skip
-                    if state.global_step >= max_steps or control.should_stop:
-                        break
-        except BaseException:
-            for reporter in reporters:
-                reporter.close()
-            raise
+    def _training_step(self, run: _Run, model: torch.nn.Module, batch: Any, group: int, boundary: bool) -> torch.Tensor:
+        """Forward, loss, backward for one micro-batch; returns its share of the step's loss (a tensor: no sync).
 
-        # wind down: best model, final metrics, reporters
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            ckpt.load_weights(accelerator.unwrap_model(model), state.best_model_checkpoint)
-            logger.info("loaded the best model from %s", state.best_model_checkpoint)
-        steps_done = state.global_step - start_step
-        training_loss = counters.total(window_loss) / steps_done if steps_done else float("nan")
-        if steps_done and not math.isfinite(training_loss):
-            raise NonFiniteLossError(f"the training loss became {training_loss} in this run's last steps")
-        runtime = time.perf_counter() - start_time
-        metrics = {
-            "train_runtime": round(runtime, 4),
-            "train_samples": samples_seen,
-            "train_samples_per_second": round(samples_seen / runtime, 3) if runtime else 0.0,
-            "train_steps_per_second": round(steps_done / runtime, 3) if runtime else 0.0,
-            "train_loss": training_loss,
-            "epoch": state.epoch,
-        }
-        metrics.update(self._last_eval_metrics(state))
-        if state.best_metric is not None:
-            metrics["best_metric"] = state.best_metric
-            metrics["best_global_step"] = state.best_global_step
-        if control.reason:
-            metrics["stopped"] = control.reason
-        for reporter in reporters:
-            reporter.on_train_end(metrics, state)
-        if control.exception is not None:
-            raise control.exception
-        return TrainOutput(state.global_step, training_loss, metrics)
-
-    def _training_step(self, model: torch.nn.Module, batch: Any, group: int, boundary: bool) -> torch.Tensor:
-        """Forward, loss, backward for one micro-batch; returns its share of the step's loss (a tensor: no sync)."""
+        `model` is `run.model`, passed from the loop's local to save a lookup per micro-batch.
+        """
         batch = self._to_device(batch)
         inputs, labels = _split_batch(batch)
-        self._last_batch_size = _batch_size(labels if labels is not None else inputs)
+        run.samples_seen += _batch_size(labels if labels is not None else inputs)
         with self.accelerator.no_sync(model) if not boundary and self._distributed else _nullcontext():
             outputs = _call_model(model, inputs, labels)
             loss = self._compute_loss(outputs, labels)
@@ -273,73 +309,104 @@ class Trainer:
             optimizer.step()
         return grad_norm
 
-    def _maybe_log_evaluate_save(
-        self,
-        args: TrainingArguments,
-        state: ckpt.TrainerState,
-        control: TrainerControl,
-        reporters: list[Reporter],
-        window_loss: torch.Tensor,
-        counters: _LossCounters,
-        grad_norm: torch.Tensor | None,
-        scheduler: Any,
-        end_of_epoch: bool,
-        optimizer: torch.optim.Optimizer,
-        scaler: Any,
-        ignore_keys: list[str] | None,
-    ) -> torch.Tensor:
+    def _maybe_log_evaluate_save(self, run: _Run, end_of_epoch: bool, ignore_keys: list[str] | None) -> None:
+        """At the steps the strategies name: log the loss, evaluate (best, early stopping), save a checkpoint."""
+        args, state = run.args, run.state
         step = state.global_step
         log_due = _due(args.logging_strategy, args.logging_steps, step, end_of_epoch) and state.logging_loss_steps
         eval_due = _due(args.eval_strategy, args.eval_steps, step, end_of_epoch) and self.task.eval_dataset is not None
         save_due = _due(args.save_strategy, args.save_steps, step, end_of_epoch) and self.accelerator.is_main_process
         if not (log_due or eval_due or save_due):
-            return window_loss
+            return
         # .item() is a device sync: only at the steps that log, evaluate or save. A NaN or inf loss since the last
         # log line stops the run here, before its weights are evaluated or saved
-        window_sum = window_loss.item()
-        if not math.isfinite(window_sum):
-            first = self._loss_finite_through + 1
-            raise NonFiniteLossError(f"the training loss became {window_sum} in steps {first}-{step}; the run stopped")
-        self._loss_finite_through = step
+        window_sum = _finite_window_sum(run)
         if log_due:
-            counters.logged += window_sum
-            logs = {
-                "loss": window_sum / state.logging_loss_steps,
-                "learning_rate": scheduler.get_last_lr()[0],
-                "epoch": state.epoch,
-            }
-            if grad_norm is not None:
-                logs["grad_norm"] = grad_norm.item()
-            state.log_history.append({**logs, "step": step})
-            for reporter in reporters:
-                reporter.on_log(logs, state)
-            window_loss = torch.zeros_like(window_loss)
-            state.logging_loss_steps = 0
-        metrics = None
-        if eval_due:
-            metrics = self._evaluate(self.task.eval_dataset, ignore_keys, "eval")
-            metrics["epoch"] = state.epoch
-            self._track_best(args, state, control, metrics)
-        saved = None
-        if save_due:
-            state.logging_loss_sum = window_loss.item()
-            if state.best_global_step == step:
-                state.best_model_checkpoint = str(Path(args.output_dir) / f"{ckpt.PREFIX}-{step}")
-            saved = ckpt.save_checkpoint(
-                args.output_dir,
-                model=self.accelerator.unwrap_model(self.model),
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                state=state,
-                params=self.params,
-                args=args.to_dict(),
-            )
-            ckpt.rotate_checkpoints(args.output_dir, limit=args.save_total_limit, keep=state.best_model_checkpoint)
+            self._log(run, window_sum)
+        metrics = self._evaluate_and_track(run, ignore_keys) if eval_due else None
+        saved = self._save(run) if save_due else None
         if metrics is not None:
-            for reporter in reporters:
-                reporter.on_evaluate(metrics, state, control, saved)
-        return window_loss
+            for reporter in run.reporters:
+                reporter.on_evaluate(metrics, state, run.control, saved)
+
+    def _log(self, run: _Run, window_sum: float) -> None:
+        """One log line: the mean loss since the last one, learning rate, epoch, grad norm; the window restarts."""
+        state = run.state
+        run.counters.logged += window_sum
+        logs = {
+            "loss": window_sum / state.logging_loss_steps,
+            "learning_rate": run.scheduler.get_last_lr()[0],
+            "epoch": state.epoch,
+        }
+        if run.grad_norm is not None:
+            logs["grad_norm"] = run.grad_norm.item()
+        state.log_history.append({**logs, "step": state.global_step})
+        for reporter in run.reporters:
+            reporter.on_log(logs, state)
+        run.window_loss.zero_()  # in place: the loop sums into this very tensor
+        state.logging_loss_steps = 0
+
+    def _evaluate_and_track(self, run: _Run, ignore_keys: list[str] | None) -> dict[str, float]:
+        """The eval set's metrics (with the epoch), after tracking the best and early stopping with them."""
+        metrics = self._evaluate(self.task.eval_dataset, ignore_keys, "eval")
+        metrics["epoch"] = run.state.epoch
+        self._track_best(run.args, run.state, run.control, metrics)
+        return metrics
+
+    def _save(self, run: _Run) -> Path:
+        """A checkpoint of this step (the best's path recorded in it), then rotation, which keeps the best."""
+        args, state = run.args, run.state
+        state.logging_loss_sum = run.window_loss.item()
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = str(ckpt.checkpoint_path(args.output_dir, state.global_step))
+        saved = ckpt.save_checkpoint(
+            args.output_dir,
+            model=self.accelerator.unwrap_model(run.model),
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            scaler=run.scaler,
+            state=state,
+            params=self.params,
+            args=args.to_dict(),
+        )
+        ckpt.rotate_checkpoints(args.output_dir, limit=args.save_total_limit, keep=state.best_model_checkpoint)
+        return saved
+
+    def _wind_down(self, run: _Run) -> TrainOutput:
+        """The best model back (load_best_model_at_end), the final metrics to the reporters; this call's output."""
+        state = run.state
+        if run.args.load_best_model_at_end and state.best_model_checkpoint:
+            ckpt.load_weights(self.accelerator.unwrap_model(run.model), state.best_model_checkpoint)
+            logger.info("loaded the best model from %s", state.best_model_checkpoint)
+        training_loss = _training_loss(run)
+        metrics = self._final_metrics(run, training_loss)
+        for reporter in run.reporters:
+            reporter.on_train_end(metrics, state)
+        if run.control.exception is not None:
+            raise run.control.exception
+        return TrainOutput(state.global_step, training_loss, metrics)
+
+    def _final_metrics(self, run: _Run, training_loss: float) -> dict[str, float]:
+        """train_* of this call's work, the epoch, the last evaluation's eval_*, the best, why the run stopped."""
+        state = run.state
+        steps_done = state.global_step - run.start_step
+        samples_seen = run.samples_seen
+        runtime = time.perf_counter() - run.start_time
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_samples": samples_seen,
+            "train_samples_per_second": round(samples_seen / runtime, 3) if runtime else 0.0,
+            "train_steps_per_second": round(steps_done / runtime, 3) if runtime else 0.0,
+            "train_loss": training_loss,
+            "epoch": state.epoch,
+        }
+        metrics.update(self._last_eval_metrics(state))
+        if state.best_metric is not None:
+            metrics["best_metric"] = state.best_metric
+            metrics["best_global_step"] = state.best_global_step
+        if run.control.reason:
+            metrics["stopped"] = run.control.reason
+        return metrics
 
     def _track_best(
         self, args: TrainingArguments, state: ckpt.TrainerState, control: TrainerControl, metrics: dict[str, float]
@@ -708,12 +775,24 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _remove_partial_checkpoints(output_dir: str | Path) -> None:
-    """Temporary directories of a save that was killed halfway; never a complete checkpoint."""
-    root = Path(output_dir)
-    if root.is_dir():
-        for path in root.glob(f".tmp-{ckpt.PREFIX}-*"):
-            shutil.rmtree(path, ignore_errors=True)
+def _finite_window_sum(run: _Run) -> float:
+    """The loss summed since the last log line (a device sync); NonFiniteLossError when it is NaN or inf."""
+    window_sum = run.window_loss.item()
+    step = run.state.global_step
+    if not math.isfinite(window_sum):
+        first = run.loss_finite_through + 1
+        raise NonFiniteLossError(f"the training loss became {window_sum} in steps {first}-{step}; the run stopped")
+    run.loss_finite_through = step
+    return window_sum
+
+
+def _training_loss(run: _Run) -> float:
+    """The mean loss of this call's steps (NaN when it did none); NonFiniteLossError when it is NaN or inf."""
+    steps_done = run.state.global_step - run.start_step
+    training_loss = run.counters.total(run.window_loss) / steps_done if steps_done else float("nan")
+    if steps_done and not math.isfinite(training_loss):
+        raise NonFiniteLossError(f"the training loss became {training_loss} in this run's last steps")
+    return training_loss
 
 
 class _LossCounters:

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tunetrain.errors import ConfigError, format_value
-from tunetrain.results import RESULTS_NAME, STATUSES, experiment_location, read_history, read_results
-from tunetrain.tuning.config import is_uri
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import format_value
+from tunetrain.results import STATUSES, read_history, read_results
+from tunetrain.storage import experiment_location, is_file, is_uri, write_whole
+from tunetrain.storage.layout import BEST_SO_FAR_PNG, CURVES_PNG, PARAMS_PNG, REPORT_NAME, RESULTS_NAME
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,10 +31,6 @@ if TYPE_CHECKING:
 
     from tunetrain.results import SearchResult, TrialRecord
 
-REPORT_NAME = "report.html"
-CURVES_PNG = "learning_curves.png"
-PARAMS_PNG = "params.png"
-BEST_SO_FAR_PNG = "best_so_far.png"
 DPI = 100
 
 # how a trial's curve is drawn, by what happened to it; stopped trials are lighter and end in an 'x'
@@ -93,9 +91,10 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     }
     page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
     path = out / REPORT_NAME
-    tmp = path.with_name(f"{REPORT_NAME}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # a browser reloading the report of a running search never sees half a page
+    # written whole: a browser reloading the report of a running search never sees half a page
+    from pyarrow.fs import LocalFileSystem
+
+    write_whole(LocalFileSystem(), str(path.resolve()), page.encode("utf-8"))
     return path
 
 
@@ -159,7 +158,7 @@ def _load(experiment_dir: str | Path) -> tuple[SearchResult, list[dict[str, Any]
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} does not exist")
     if kind != fs.FileType.Directory:
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} is not a directory")
-    if filesystem.get_file_info(f"{path}/{RESULTS_NAME}").type != fs.FileType.File:
+    if not is_file(filesystem, f"{path}/{RESULTS_NAME}"):
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} holds no search results (no {RESULTS_NAME})")
     result = read_results(experiment_dir)
     if not result.ranked():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import format_value
+from tunetrain.formatting import format_value
 
 if TYPE_CHECKING:
     import optuna

@@ -16,13 +16,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError, format_value
+from tunetrain.errors import ConfigError
+from tunetrain.experiment import Experiment, experiment_from_dict
+from tunetrain.export import empty_dir, write_export
+from tunetrain.formatting import format_value
+from tunetrain.parsing import parse_float
+from tunetrain.storage import ExperimentDir, experiment_location, is_dir, read_json, read_parquet, write_parquet
+from tunetrain.storage.layout import HISTORY_NAME, RESULTS_NAME, STATE_NAME
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
-RESULTS_NAME = "results.parquet"
-HISTORY_NAME = "history.parquet"
+
 STATUSES = ("running", "completed", "stopped_early", "pruned", "errored")
 
 
@@ -55,8 +60,6 @@ class TrialRecord:
 
     def export(self, out_dir: str | Path, *, force: bool = False) -> Path:
         """This trial's best checkpoint as a self-contained folder (see `tunetrain.export`)."""
-        from tunetrain.export import export_trials
-
         if self._experiment_dir is None:
             raise ConfigError(f"trial {self.trial_id!r} was not read from an experiment dir: nothing to export")
         (path,) = export_trials(self._experiment_dir, out_dir, trial_id=self.trial_id, force=force)
@@ -162,7 +165,7 @@ class ResultsBook:
     def report(self, trial_id: str, metrics: dict[str, Any], *, checkpoint: str | None = None) -> None:
         """One evaluation of a trial. `metrics` holds the search metric, `evaluation` and `step`."""
         record = self.trials[trial_id]
-        value = _as_float(metrics.get(self.metric))
+        value = parse_float(metrics.get(self.metric), strings=True)  # NaN stays: the trial reported it
         evaluation = int(metrics.get("evaluation", record.evaluations + 1))
         # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest
         if evaluation <= self._last_evaluation.get(trial_id, 0):  # rare: look through the history only then
@@ -173,7 +176,7 @@ class ResultsBook:
                 "trial_id": trial_id,
                 "evaluation": evaluation,
                 "step": int(metrics.get("step", 0)),
-                "epoch": _as_float(metrics.get("epoch")),
+                "epoch": parse_float(metrics.get("epoch"), strings=True),
                 "metric": value,
                 "time_s": time.time() - record.started_at,
                 "metrics": json.dumps({k: v for k, v in metrics.items() if _is_scalar(v)}, default=str),
@@ -241,7 +244,7 @@ class ResultsBook:
         if existing is not None:
             self.trials = {t.trial_id: t for t in existing.trials}
         self.history = []
-        for row in _read_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}") or []:
+        for row in _read_rows(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}"):
             self._add_row(row)
             trial_id = row["trial_id"]
             self._last_evaluation[trial_id] = max(self._last_evaluation.get(trial_id, 0), row["evaluation"])
@@ -257,10 +260,10 @@ class ResultsBook:
         results = pa.Table.from_pylist(rows, schema=results_schema)
         history = pa.Table.from_pylist(self.history, schema=history_schema)
         metadata = {b"metric": self.metric.encode(), b"mode": self.mode.encode()}
-        _write_table(
+        write_parquet(
             self.filesystem, f"{self.experiment_dir}/{RESULTS_NAME}", results.replace_schema_metadata(metadata)
         )
-        _write_table(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}", history)
+        write_parquet(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}", history)
         self._last_write = now
         self._dirty = False
 
@@ -268,32 +271,20 @@ class ResultsBook:
         return value > than if self.mode == "max" else value < than
 
 
-def experiment_location(experiment_dir: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The filesystem and path of an experiment dir: a local path, or a URI such as
-    `s3://bucket/runs/NAME?endpoint_override=...` (the search's `storage` with the experiment's name added)."""
-    from tunetrain.tuning.config import resolve_storage
-
-    return resolve_storage(str(experiment_dir), what="experiment dir")
-
-
 def read_results(
     experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None, missing_ok: bool = False
 ) -> SearchResult | None:
     """The `SearchResult` of an experiment directory (what its `results.parquet` holds): a local path or a URI, or
     a path within `filesystem`."""
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
     if filesystem is None:
         filesystem, where = experiment_location(experiment_dir)
     else:
         where = str(experiment_dir)
-    path = f"{where}/{RESULTS_NAME}"
-    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+    table = read_parquet(filesystem, ExperimentDir(filesystem, where, where).results_path)
+    if table is None:
         if missing_ok:
             return None
         raise ConfigError(f"experiment {str(experiment_dir)!r} has no {RESULTS_NAME}: no search has run there")
-    table = pq.read_table(path, filesystem=filesystem)
     metadata = table.schema.metadata or {}
     trials = [_row_record(row) for row in table.to_pylist()]
     return SearchResult(
@@ -304,7 +295,50 @@ def read_results(
 def read_history(experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None) -> list[dict]:
     if filesystem is None:
         filesystem, experiment_dir = experiment_location(experiment_dir)
-    return _read_table(filesystem, f"{experiment_dir}/{HISTORY_NAME}") or []
+    return _read_rows(filesystem, f"{experiment_dir}/{HISTORY_NAME}")
+
+
+# ---------------------------------------------------------------------- export
+
+
+def export_trials(
+    experiment_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    trial_id: str | None = None,
+    top_k: int | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL)."""
+    result, experiment = read_experiment(experiment_dir)
+    if trial_id is not None:
+        chosen = [t for t in result.trials if t.trial_id == trial_id]
+        if not chosen:
+            known = ", ".join(t.trial_id for t in result.trials[:10])
+            raise ConfigError(f"trial {trial_id!r} is not in {str(experiment_dir)!r} (its trials: {known})")
+    else:
+        chosen = result.ranked()[: top_k or 1]
+        if not chosen:
+            raise ConfigError(f"experiment {str(experiment_dir)!r} holds no finished trial with a finite metric")
+    out_dir = empty_dir(Path(out_dir), force)
+    if top_k is None or trial_id is not None:
+        return [write_export(out_dir, experiment, result, chosen[0])]
+    return [
+        write_export(out_dir / f"rank-{rank}-{trial.trial_id}", experiment, result, trial)
+        for rank, trial in enumerate(chosen, start=1)
+    ]
+
+
+def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
+    """The results and the experiment (as the search started it) of an experiment dir: a path or a URI."""
+    filesystem, path = experiment_location(experiment_dir)
+    shown = str(experiment_dir)
+    if not is_dir(filesystem, path):
+        raise ConfigError(f"experiment dir {shown!r} does not exist")
+    state = read_json(filesystem, ExperimentDir(filesystem, path, shown).state_path)
+    if not isinstance(state, dict) or "experiment" not in state:
+        raise ConfigError(f"{shown!r} is not an experiment dir: it has no {STATE_NAME}")
+    return read_results(experiment_dir), experiment_from_dict(state["experiment"])
 
 
 # ---------------------------------------------------------------------- private helpers
@@ -356,35 +390,9 @@ def _row_record(row: dict[str, Any]) -> TrialRecord:
     return TrialRecord(**row)
 
 
-def _write_table(filesystem: Any, path: str, table: Any) -> None:
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
-    if isinstance(filesystem, fs.LocalFileSystem):
-        # temp name + rename: a kill mid-write never leaves a truncated file behind
-        tmp = f"{path}.tmp"
-        pq.write_table(table, tmp)
-        Path(tmp).replace(path)
-    else:
-        pq.write_table(table, path, filesystem=filesystem)  # object stores replace an object whole
-
-
-def _read_table(filesystem: Any, path: str) -> list[dict[str, Any]] | None:
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
-    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
-        return None
-    return pq.read_table(path, filesystem=filesystem).to_pylist()
-
-
-def _as_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+def _read_rows(filesystem: Any, path: str) -> list[dict[str, Any]]:
+    table = read_parquet(filesystem, path)
+    return [] if table is None else table.to_pylist()
 
 
 def _finite(value: float | None) -> bool:

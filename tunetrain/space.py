@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tunetrain.errors import ConfigError, did_you_mean, show_value
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import did_you_mean, show_value
+from tunetrain.parsing import parse_float, parse_int
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -86,7 +87,7 @@ class FloatParam:
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """`(value as a float, None)`, or `(value, rule it breaks)` for a message "`x` is V, but RULE"."""
-        number = _to_float(value)
+        number = parse_float(value, strings=True)
         if number is None:
             return value, f"must be a number, not {type(value).__name__}"
         if not math.isfinite(number):
@@ -163,7 +164,7 @@ class IntParam:
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """`(value as an int, None)`, or `(value, rule it breaks)` for a message "`x` is V, but RULE"."""
-        number = _to_int(value)
+        number = parse_int(value, strings=True)
         if number is None:
             return value, f"must be an integer, not {type(value).__name__}"
         if not self.low <= number <= self.high:
@@ -620,15 +621,15 @@ def _required_bound(
 
 def _parse_number(value: Any, path: str, problems: list[str], *, integer: bool) -> float | int | None:
     """`value` as an int (integer=True) or a finite float, else None after naming the problem."""
-    number = _to_int(value) if integer else _to_float(value)
-    if number is not None and (integer or math.isfinite(number)):
+    number = parse_int(value, strings=True) if integer else parse_float(value, strings=True, finite=True)
+    if number is not None:
         return number
-    if integer and _to_float(value) is not None:
-        problems.append(f"`{path}` is {show_value(value)}, but must be a whole number")
-    elif not integer and number is not None:
-        problems.append(f"`{path}` is {show_value(value)}, but must be a finite number")
-    else:
+    if parse_float(value, strings=True) is None:
         problems.append(f"`{path}` is {show_value(value)}, but must be {'an integer' if integer else 'a number'}")
+    elif integer:  # 1.5, or an infinity
+        problems.append(f"`{path}` is {show_value(value)}, but must be a whole number")
+    else:  # NaN or an infinity
+        problems.append(f"`{path}` is {show_value(value)}, but must be a finite number")
     return None
 
 
@@ -798,40 +799,6 @@ def _inactive_reason(param: Param, chosen: Mapping[str, Any]) -> str:
 
 
 # --- numbers and values -----------------------------------------------------------------------------------------
-
-
-def _to_float(value: Any) -> float | None:
-    """A real number (or numeric string: YAML 1.1 reads `1e-4` as one) as a float; None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        try:
-            return float(value)
-        except OverflowError:  # an int past the float range
-            return math.inf if value > 0 else -math.inf
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _to_int(value: Any) -> int | None:
-    """A whole number (int, integral float, or numeric string) as an int of any size; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    number = _to_float(value)
-    if number is not None and math.isfinite(number) and number.is_integer():
-        return int(number)
-    return None
 
 
 def _same_value(value: Any, choice: Any) -> bool:

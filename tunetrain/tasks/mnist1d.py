@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tunetrain.errors import ConfigError, did_you_mean, show_value
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import did_you_mean, show_value
 from tunetrain.task import Task
 
 logger = logging.getLogger(__name__)

@@ -1,160 +1,17 @@
-"""Hyperparameter search: `search(experiment) -> SearchResult` on Ray Tune (default) or in-process Optuna.
+"""Hyperparameter search: the driver (`search`), one backend interface and its two backends, the components they
+are built from (samplers, pruners, schedulers), and the `search:` section of an experiment file.
 
-An experiment keeps its state in `storage/name/`: the backend's own state (Ray's experiment state or Optuna's
-journal), each trial's checkpoints and TensorBoard events, `results.parquet`, `history.parquet` and
-`search.json` (how the search was started, and whether it finished). Running the same experiment again resumes
-an unfinished search, shows a finished one, and starts over with `restart=True`.
+```
+driver.py       search(): resume, restart or show a search; the backend's calls in order; storage failures
+backend.py      Backend (prepare / can_resume / run / close) and the backends by name
+config.py       SearchConfig: the `search:` section, checked
+components.py   samplers, pruners and schedulers, built by name
+trial.py        a trial's TrainingArguments, its budget, what is recorded of an evaluation
+progress.py     the console lines a user watches
+optuna.py       OptunaBackend: an in-process study
+ray/            RayBackend, split by process: cluster, state, worker, driver, schedulers, protocol, backend
+```
+
+The package itself imports nothing: `tunetrain.search` is `tunetrain.tuning.driver.search`, and importing
+`tunetrain.tuning.config` (as the experiment file does) imports no backend.
 """
-
-from __future__ import annotations
-
-import errno
-import logging
-import os
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from tunetrain.errors import ConfigError, StorageError
-
-if TYPE_CHECKING:
-    from tunetrain.experiment import Experiment
-    from tunetrain.results import SearchResult
-
-__all__ = ["search"]
-
-logger = logging.getLogger(__name__)
-
-
-def search(
-    experiment: Experiment | str | Path,
-    *,
-    overrides: list[str] | tuple[str, ...] = (),
-    backend: str | None = None,
-    num_trials: int | None = None,
-    address: str | None = None,
-    storage: str | None = None,
-    gpus_per_trial: float | None = None,
-    restart: bool = False,
-) -> SearchResult:
-    """Run the experiment's search, resume it when an unfinished one of that name exists, or show a finished one.
-
-    `experiment` is an `Experiment` or the path of its YAML file (`overrides` are `key.path=value` strings applied
-    to the file). The keyword options override the file's `search:` section, as the CLI's flags do.
-    """
-    from tunetrain.experiment import Experiment, experiment_from_dict, load_experiment
-    from tunetrain.results import read_results
-    from tunetrain.tuning.common import ExperimentDir
-
-    if not isinstance(experiment, Experiment):
-        experiment = load_experiment(experiment, overrides)
-    options = {"backend": backend, "num_trials": num_trials, "address": address, "storage": storage}
-    options["gpus_per_trial"] = gpus_per_trial
-    config = _config(experiment, options)
-    exp_dir = ExperimentDir.for_experiment(experiment, config)
-    state = None if restart else exp_dir.read_state()
-    if state is not None and state.get("experiment") != experiment.to_dict():
-        # Ray restores a search with the settings it started with; so does tunetrain, on both backends
-        logger.warning(
-            "the experiment file (or --set / flags) changed since this search started; it continues with the "
-            "settings it started with, at this storage and address (use --restart to start over with the new ones)"
-        )
-        experiment = experiment_from_dict(state["experiment"])
-        config = _config(experiment, {"address": address, "storage": storage})
-    if state is not None and state.get("status") == "finished":
-        logger.info("experiment %r finished earlier (%s); --restart runs it again", experiment.name, exp_dir.uri)
-        result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
-        logger.info("%s\n\n%s\n", result.summary_line(), result.table())
-        return result
-    max_t = _max_t(experiment, config)
-
-    # everything that can refuse the search (cluster, resources, storage) runs before anything is deleted or written
-    backend_module, started_ray = _backend(config, exp_dir)
-    try:
-        if restart and exp_dir.exists():
-            logger.info("--restart: removing %s", exp_dir.uri)
-            exp_dir.remove()
-        if state is None:
-            exp_dir.write_state({"status": "running", "experiment": experiment.to_dict(), "started_at": time.time()})
-        else:
-            logger.info("resuming experiment %r from %s", experiment.name, exp_dir.uri)
-        try:
-            if config.backend == "optuna":
-                result = backend_module.run(experiment, config, exp_dir)
-            else:
-                resume = state is not None and backend_module.can_resume(exp_dir)
-                result = backend_module.run(experiment, config, exp_dir, resume=resume, max_t=max_t)
-        except StorageError:
-            raise
-        except Exception as exc:
-            full = _storage_failure(exc)
-            if full is None:
-                raise
-            reason = os.strerror(full.errno).lower() if full.errno else str(full)
-            raise StorageError(
-                f"the search stopped: cannot write to {exp_dir.uri}: {reason}; what was written is "
-                f"kept: make room (or fix the storage), then run the same command again to resume it"
-            ) from exc
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    exp_dir.write_state({**(exp_dir.read_state() or {}), "status": "finished", "finished_at": time.time()})
-    return result
-
-
-# a full disk or quota, a read-only or unwritable storage: the search can go on once someone fixes it
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _storage_failure(exc: BaseException) -> OSError | None:
-    """The OSError of failing storage behind `exc` (through Ray's wrapping: causes and contexts), if any."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        error = todo.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, StorageError):
-            return OSError(str(error))
-        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-            return error
-        linked = (error.__cause__, error.__context__, getattr(error, "cause", None))
-        todo += [e for e in linked if isinstance(e, BaseException)]
-    return None
-
-
-def _config(experiment: Experiment, options: dict[str, Any]) -> Any:
-    from tunetrain.tuning.config import SearchConfig, with_cli_overrides
-
-    if experiment.space.is_empty:
-        raise ConfigError("`space` is empty, but a search needs at least one param to vary")
-    raw = with_cli_overrides(experiment.search, **options)
-    args = experiment.training_arguments(output_dir="unused")
-    return SearchConfig.from_dict(raw, space=experiment.space, args=args)
-
-
-def _max_t(experiment: Experiment, config: Any) -> int | None:
-    """ASHA's max_t: the configured one, else the run's budget in evaluations."""
-    from tunetrain.tuning.common import budget_for
-
-    if config.scheduler.type != "asha":
-        return None
-    return config.scheduler.resolved_max_t(budget_for(experiment) if config.scheduler.max_t is None else 0)
-
-
-def _backend(config: Any, exp_dir: Any) -> tuple[Any, bool]:
-    """The backend module, connected and checked; True when Ray was started here (and must be shut down)."""
-    if config.backend == "optuna":
-        from tunetrain.tuning import optuna as backend_module
-
-        backend_module.check(config, exp_dir)
-        return backend_module, False
-    if not config.address:
-        # read by Ray when it is first imported: a single-node Ray then advertises 127.0.0.1 only
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from tunetrain.tuning import ray as backend_module
-
-    return backend_module, backend_module.connect(config, exp_dir)

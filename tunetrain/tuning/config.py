@@ -30,32 +30,27 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
-import numbers
 import os
 import re
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunetrain.errors import ConfigError, did_you_mean, show_value
+from tunetrain.errors import ConfigError
+from tunetrain.formatting import did_you_mean, show_value
+from tunetrain.parsing import parse_float, parse_int
+from tunetrain.tuning import backend, components
+from tunetrain.tuning.components import grid_problem
 
 if TYPE_CHECKING:
-    from optuna.samplers import BaseSampler
-    from pyarrow.fs import FileSystem
-
     from tunetrain.args import TrainingArguments
     from tunetrain.space import SearchSpace
 
-BACKENDS = ("ray", "optuna")
+BACKENDS = tuple(backend.BACKENDS)
 MODES = ("max", "min")
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid")
-SCHEDULERS = ("asha", "none")
-# Packages a sampler imports lazily that tunetrain does not depend on itself (Optuna would fail only mid-search).
-_SAMPLER_PACKAGES = {"gp": ("torch", "scipy"), "cmaes": ("cmaes",)}
+SAMPLERS = tuple(components.SAMPLERS)
+SCHEDULERS = tuple(components.SCHEDULERS)
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes [0, 2**32 - 1]
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # `scheme://...`; anything else (C:\runs too) is a path
 _ADDRESS_RE = re.compile(r"^(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _INVALID = object()  # a value that failed its check (the problem is already appended)
 
@@ -137,14 +132,14 @@ class SearchConfig:
       both stay None until `objective(args)` resolves them.
     - `num_trials` (>= 1, default 16), `max_concurrent_trials` (>= 1, default 2), `time_budget_s` (> 0, or None
       for no limit).
-    - `sampler`: tpe (default) | random | gp | cmaes | grid; see `make_sampler`. A grid needs a finite space without
-      `when:`; `num_trials` is not capped at the grid size here: Optuna's study stops once the grid is exhausted,
-      but under ask-and-tell (Ray) further trials repeat grid points, so the Ray backend should cap it.
+    - `sampler`: tpe (default) | random | gp | cmaes | grid; see `components.make_sampler`. A grid needs a finite
+      space without `when:`; `num_trials` is not capped at the grid size here: Optuna's study stops once the grid
+      is exhausted, but under ask-and-tell (Ray) further trials repeat grid points, so the Ray backend caps it.
     - `seed` (in [0, 2**32 - 1], default 0): the sampler's seed.
     - `scheduler`: a `SchedulerConfig`; in a file `asha`, `none` (also `no` / false), null (asha) or a mapping.
     - `resources_per_trial`: a `Resources` (Ray only: the optuna backend runs trials in this process).
     - `storage` (default `runs`): a directory, or a URI with a scheme (s3://, gs://, file://, hdfs://...). Only its
-      form is checked here; `resolve_storage` opens it.
+      form is checked here; `tunetrain.storage.resolve_storage` opens it.
     - `address`: a Ray cluster (auto | ray://host:port | host:port), or None for a local Ray. Ray only.
     - `points_to_evaluate`: params dicts (partial ones allowed: the rest is sampled), each checked against the space.
     - `max_failures` (>= 0, default 2): retries of a trial that raises. `keep_checkpoints_per_trial` (>= 1,
@@ -244,65 +239,6 @@ def with_cli_overrides(
         if resources is None or isinstance(resources, Mapping):
             merged["resources_per_trial"] = {**(resources or {}), "gpu": gpus_per_trial}
     return merged
-
-
-def is_uri(location: str) -> bool:
-    """Whether a storage location is a URI (`scheme://...`) rather than a local path."""
-    return bool(_URI_RE.match(location))
-
-
-def resolve_storage(storage: str, *, what: str = "`search.storage`") -> tuple[FileSystem, str]:
-    """The pyarrow filesystem and the path inside it that `storage` names (imports pyarrow); `what` names it in errors.
-
-    A URI (`scheme://...`) goes through `pyarrow.fs.FileSystem.from_uri` (which may reach the network, e.g. to find an
-    S3 bucket's region); anything else is a local path, made absolute against the current directory.
-    """
-    from pyarrow import ArrowException, fs
-
-    if not _URI_RE.match(storage):
-        return fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(storage))
-    try:
-        return fs.FileSystem.from_uri(storage)
-    except (ArrowException, OSError, ValueError) as exc:
-        # note: pyarrow's reasons can run over many lines (hdfs lists every libjvm path it tried); the first says it
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"{what} is {storage!r}, but pyarrow cannot open it: {reason}") from None
-
-
-def make_sampler(config: SearchConfig, space: SearchSpace) -> BaseSampler:
-    """The Optuna sampler `config.sampler` names, seeded with `config.seed` (imports optuna).
-
-    - tpe: `TPESampler(multivariate=True)`, with `group=True` when the space has `when:` params (multivariate TPE
-      over each set of params that appear together) and `constant_liar` when trials run concurrently (running
-      trials count as bad, so concurrent trials spread out).
-    - random: `RandomSampler`. gp: `GPSampler` (torch, scipy; samples `when:` params at random). cmaes:
-      `CmaEsSampler` (the `cmaes` package; samples categorical and `when:` params at random, with a warning).
-    - grid: a `GridSampler` over `space.grid()` that only stops the study inside `study.optimize`: Optuna's own
-      raises RuntimeError from `study.tell` once the grid is exhausted under ask-and-tell, as Ray's OptunaSearch
-      drives it.
-    """
-    import optuna
-
-    with warnings.catch_warnings():
-        # `group` is an experimental argument in Optuna 5.0 and warns at every construction
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if config.sampler == "tpe":
-            return optuna.samplers.TPESampler(
-                seed=config.seed,
-                multivariate=True,
-                group=_has_conditions(space),
-                constant_liar=config.max_concurrent_trials > 1,
-            )
-        if config.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=config.seed)
-        if config.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=config.seed)
-        if config.sampler == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=config.seed)
-    problem = _grid_problem(space, "search")
-    if problem is not None:
-        raise ConfigError(problem)
-    return _grid_sampler_class()(space.grid(), seed=config.seed)
 
 
 # --- checking values --------------------------------------------------------------------------------------------
@@ -416,7 +352,7 @@ def _scheduler_type(value: Any, path: str, problems: list[str]) -> Any:
 
 def _sampler(value: Any, path: str, problems: list[str]) -> Any:
     sampler = _choice(value, path, problems, SAMPLERS)
-    for package in _SAMPLER_PACKAGES.get(sampler, ()):
+    for package in components.SAMPLER_PACKAGES.get(sampler, ()):
         if importlib.util.find_spec(package) is None:
             problems.append(f"`{path}` is {sampler!r}, which needs the `{package}` package: pip install {package}")
             return _INVALID
@@ -483,7 +419,7 @@ def _choice(value: Any, path: str, problems: list[str], choices: tuple[str, ...]
 
 
 def _integer(value: Any, path: str, problems: list[str], *, minimum: int, maximum: int | None = None) -> Any:
-    number = _whole_number(value)
+    number = parse_int(value)
     if number is None:
         problems.append(f"`{path}` is {show_value(value)}, but must be an integer")
     elif number < minimum:
@@ -499,10 +435,10 @@ def _number(
     value: Any, path: str, problems: list[str], *, minimum: float, exclusive: bool = False, rule: str | None = None
 ) -> Any:
     """An int stays an int, a float (or a numeric string: YAML 1.1 reads `1e3` as one) becomes a float."""
-    number = _real_number(value)
+    number = parse_float(value, strings=True, keep_ints=True)
     if number is None:
         problems.append(f"`{path}` is {show_value(value)}, but must be a number")
-    elif not math.isfinite(number):
+    elif parse_float(value, strings=True, finite=True) is None:  # NaN, an infinity, or an int past the float range
         problems.append(f"`{path}` is {show_value(value)}, but must be a finite number")
     elif number < minimum or (exclusive and number == minimum):
         rule = rule or f"must be {'>' if exclusive else '>='} {minimum}"
@@ -510,31 +446,6 @@ def _number(
     else:
         return number
     return _INVALID
-
-
-def _whole_number(value: Any) -> int | None:
-    if isinstance(value, bool):  # True is not 1 here
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _real_number(value: Any) -> int | float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 # --- checks against the space and the run -----------------------------------------------------------------------
@@ -556,7 +467,7 @@ def _conflicts(settings: Mapping[str, Any], space: SearchSpace, args: TrainingAr
     """What the section gets wrong with the space or the run; a value that failed its own check is not used."""
     valid = {key: value for key, value in settings.items() if value is not _INVALID}
     problems = []
-    if valid.get("sampler") == "grid" and (problem := _grid_problem(space, where)) is not None:
+    if valid.get("sampler") == "grid" and (problem := grid_problem(space, where)) is not None:
         problems.append(problem)
     points, num_trials = valid.get("points_to_evaluate"), valid.get("num_trials")
     if points is not None and num_trials is not None and len(points) > num_trials:
@@ -583,49 +494,6 @@ def _objective(metric: str | None, mode: str | None, args: TrainingArguments) ->
 
 def _mode_for_metric(metric: str) -> str:
     return "min" if metric.endswith("loss") else "max"
-
-
-def _grid_problem(space: SearchSpace, where: str) -> str | None:
-    try:
-        space.grid()
-    except ConfigError as exc:
-        return f"`{where}.sampler` is 'grid', which cannot search this space: {exc}"
-    return None
-
-
-def _has_conditions(space: SearchSpace) -> bool:
-    return any(space[name].when is not None for name in space)
-
-
-def _make_grid_sampler_class() -> type:
-    from optuna.samplers import GridSampler
-
-    class _AskAndTellGridSampler(GridSampler):
-        """GridSampler that stops the study only inside `study.optimize`."""
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            # GridSampler.after_trial does nothing but `study.stop()` once the grid is exhausted, and Study.stop
-            # raises outside study.optimize (a private flag; if Optuna drops it, the stock behaviour comes back)
-            if getattr(getattr(study, "_thread_local", None), "in_optimize_loop", True):
-                super().after_trial(study, trial, state, values)
-
-    _AskAndTellGridSampler.__module__ = __name__
-    _AskAndTellGridSampler.__qualname__ = "_AskAndTellGridSampler"
-    return _AskAndTellGridSampler
-
-
-def _grid_sampler_class() -> type:
-    # Built on first use (optuna is imported lazily) and kept as a module attribute, so that pickle (Ray checkpoints
-    # its searcher) finds it by name, in another process too (through the module's __getattr__).
-    if "_AskAndTellGridSampler" not in globals():
-        globals()["_AskAndTellGridSampler"] = _make_grid_sampler_class()
-    return globals()["_AskAndTellGridSampler"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "_AskAndTellGridSampler":
-        return _grid_sampler_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- messages ---------------------------------------------------------------------------------------------------

@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from tunetrain.errors import ConfigError, NonFiniteLossError
 from tunetrain.reporting import Reporter
+from tunetrain.results import ResultsBook
+from tunetrain.storage.layout import JOURNAL_NAME
+from tunetrain.tuning.backend import Backend
+from tunetrain.tuning.components import make_pruner, make_sampler
+from tunetrain.tuning.progress import Progress
+from tunetrain.tuning.trial import evaluation_report, max_t_for, trial_arguments
 
 if TYPE_CHECKING:
     import optuna
@@ -37,14 +43,13 @@ if TYPE_CHECKING:
     from tunetrain.checkpoint import TrainerState
     from tunetrain.experiment import Experiment
     from tunetrain.reporting import TrainerControl
-    from tunetrain.results import ResultsBook, SearchResult
+    from tunetrain.results import SearchResult
+    from tunetrain.storage import ExperimentDir
     from tunetrain.task import Task
-    from tunetrain.tuning.common import ExperimentDir, Progress
     from tunetrain.tuning.config import SearchConfig
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_NAME = "optuna.journal"
 # user attrs of a study's trials
 TRIAL_ID_ATTR = "trial_id"  # the results.parquet id; a re-run of an interrupted trial keeps the original's
 OUTPUT_DIR_ATTR = "output_dir"  # where its checkpoints are; a re-run resumes from the latest there
@@ -53,76 +58,81 @@ OUTPUT_DIR_ATTR = "output_dir"  # where its checkpoints are; a re-run resumes fr
 INTERRUPTED_ATTR = "interrupted"
 
 
-def check(config: SearchConfig, exp_dir: ExperimentDir) -> None:
-    """Refuse what this backend cannot do before anything is written."""
-    if not exp_dir.is_local:
-        raise ConfigError(
-            f"`search.storage` is {config.storage!r}, but the optuna backend needs a local or mounted directory; "
-            "use backend: ray for s3:// and other remote storage"
-        )
+class OptunaBackend(Backend):
+    """The search as an Optuna study in this process (see the module docstring)."""
 
+    def __init__(
+        self,
+        experiment: Experiment,
+        config: SearchConfig,
+        exp_dir: ExperimentDir,
+        *,
+        console: Progress | None = None,
+    ) -> None:
+        super().__init__(experiment, config, exp_dir)
+        self.console = console  # where progress lines and the final table go (default stderr)
 
-def run(
-    experiment: Experiment,
-    config: SearchConfig,
-    exp_dir: ExperimentDir,
-    *,
-    console: Progress | None = None,
-) -> SearchResult:
-    """Run or continue the experiment's study until `config.num_trials` trials have ended (or the time budget).
+    def prepare(self) -> None:
+        """Refuse what this backend cannot do before anything is written."""
+        if not self.exp_dir.is_local:
+            raise ConfigError(
+                f"`search.storage` is {self.config.storage!r}, but the optuna backend needs a local or mounted "
+                "directory; use backend: ray for s3:// and other remote storage"
+            )
+        max_t_for(self.experiment, self.config)  # a budget too small for the first rung is refused now
 
-    Trials ended in an earlier run count; trials an earlier run left RUNNING are run again from their checkpoints.
-    `console` gives the stream the progress lines and the final table go to (default stderr).
-    """
-    import optuna
+    def run(self, *, resume: bool = True) -> SearchResult:
+        """Run or continue the experiment's study until `config.num_trials` trials have ended (or the time budget).
 
-    from tunetrain.results import ResultsBook
-    from tunetrain.task import load_task
-    from tunetrain.tuning.common import Progress
+        Trials ended in an earlier run count; trials an earlier run left RUNNING are run again from their
+        checkpoints. The study's journal is the whole state: there is nothing else to resume from.
+        """
+        import optuna
 
-    check(config, exp_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console shows Progress lines instead
-    Path(exp_dir.path).mkdir(parents=True, exist_ok=True)
-    book = ResultsBook(exp_dir.path, metric=config.metric, mode=config.mode)
-    book.load()
-    progress = Progress(book, config.num_trials, stream=console.stream if console is not None else None)
-    study = open_study(experiment, config, exp_dir)
-    requeued = requeue_interrupted(study)
-    if requeued:
-        logger.warning(
-            "resuming %d interrupted trial(s) from their checkpoints: %s", len(requeued), ", ".join(requeued)
-        )
-    runner = _TrialRunner(experiment, config, exp_dir, book, load_task(experiment.task))
-    remaining = config.num_trials - count_ended(study)
-    deadline = None if config.time_budget_s is None else time.monotonic() + config.time_budget_s
-    try:
-        for _ in range(max(remaining, 0)):
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning("search.time_budget_s (%ss) has passed: no new trial starts", config.time_budget_s)
-                break
-            if _grid_exhausted(study):
-                break
-            runner.run_one(study)
-            progress.update(force=True)
-    finally:
-        book.flush(force=True)
-    result = book.result()
-    progress.final(result)
-    return result
+        from tunetrain.task import load_task
+
+        experiment, config, exp_dir = self.experiment, self.config, self.exp_dir
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console shows Progress lines instead
+        Path(exp_dir.path).mkdir(parents=True, exist_ok=True)
+        book = ResultsBook(exp_dir.path, metric=config.metric, mode=config.mode)
+        book.load()
+        stream = self.console.stream if self.console is not None else None
+        progress = Progress(book, config.num_trials, stream=stream)
+        study = open_study(experiment, config, exp_dir)
+        requeued = requeue_interrupted(study)
+        if requeued:
+            logger.warning(
+                "resuming %d interrupted trial(s) from their checkpoints: %s", len(requeued), ", ".join(requeued)
+            )
+        runner = _TrialRunner(experiment, config, exp_dir, book, load_task(experiment.task))
+        remaining = config.num_trials - count_ended(study)
+        deadline = None if config.time_budget_s is None else time.monotonic() + config.time_budget_s
+        try:
+            for _ in range(max(remaining, 0)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.warning("search.time_budget_s (%ss) has passed: no new trial starts", config.time_budget_s)
+                    break
+                if _grid_exhausted(study):
+                    break
+                runner.run_one(study)
+                progress.update(force=True)
+        finally:
+            book.flush(force=True)
+        result = book.result()
+        progress.final(result)
+        return result
 
 
 def open_study(experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> optuna.Study:
     """The experiment's study in `exp_dir/optuna.journal`, created (with `points_to_evaluate` enqueued) if new."""
     import optuna
 
-    from tunetrain.tuning.config import make_sampler
-
     study = optuna.create_study(
         storage=journal_storage(exp_dir.path),
         study_name=experiment.name,
         direction="maximize" if config.mode == "max" else "minimize",
         sampler=make_sampler(config, experiment.space),
-        pruner=_pruner(config),
+        pruner=make_pruner(config),
         load_if_exists=True,
     )
     if not study.get_trials(deepcopy=False):  # new: enqueued points would otherwise show up as trials
@@ -131,12 +141,12 @@ def open_study(experiment: Experiment, config: SearchConfig, exp_dir: Experiment
     return study
 
 
-def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
-    """The JournalStorage of an experiment directory (what `optuna-dashboard PATH/optuna.journal` reads)."""
+def journal_storage(experiment_dir: str | Path) -> optuna.storages.JournalStorage:
+    """The JournalStorage of a local experiment directory (what `optuna-dashboard PATH/optuna.journal` reads)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(path) / JOURNAL_NAME)))
+    return optuna.storages.JournalStorage(JournalFileBackend(f"{experiment_dir}/{JOURNAL_NAME}"))
 
 
 def requeue_interrupted(study: optuna.Study) -> list[str]:
@@ -195,7 +205,7 @@ class _TrialRunner:
 
         trial = study.ask()
         trial_id = _trial_id(trial)
-        output_dir = trial.user_attrs.get(OUTPUT_DIR_ATTR) or f"{self.exp_dir.path}/trials/{trial_id}"
+        output_dir = trial.user_attrs.get(OUTPUT_DIR_ATTR) or self.exp_dir.trial_path(trial_id)
         resuming = TRIAL_ID_ATTR in trial.user_attrs  # set only on a re-enqueued interrupted trial
         trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         trial.set_user_attr(OUTPUT_DIR_ATTR, output_dir)
@@ -231,14 +241,12 @@ class _TrialRunner:
             study.tell(trial, metrics["best_metric"])
 
     def _arguments(self, trial_id: str, output_dir: str) -> TrainingArguments:
-        from tunetrain.tuning.common import trial_arguments
-
         # the search keeps keep_checkpoints_per_trial in the trial's own dir: the best counts, the latest survives
         return trial_arguments(
             self.experiment,
             self.config,
             output_dir,
-            logging_dir=f"{self.exp_dir.path}/tensorboard/{trial_id}",
+            logging_dir=self.exp_dir.tensorboard_path(trial_id),
             save_total_limit=self.config.keep_checkpoints_per_trial,
         )
 
@@ -299,8 +307,6 @@ class _BookReporter(Reporter):
     def on_evaluate(
         self, metrics: dict[str, float], state: TrainerState, control: TrainerControl, checkpoint: Path | None
     ) -> None:
-        from tunetrain.tuning.common import evaluation_report
-
         values = evaluation_report(metrics, state)
         # the book keeps the checkpoint only when this evaluation is the trial's best so far; the loop's rotation
         # never deletes the best checkpoint
@@ -325,18 +331,6 @@ class _TrialErrored(Exception):
 
 
 # ---------------------------------------------------------------------- private helpers
-
-
-def _pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
-    import optuna
-
-    if config.scheduler.type != "asha":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=config.scheduler.grace_period,
-        reduction_factor=config.scheduler.reduction_factor,
-        min_early_stopping_rate=0,
-    )
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:
@@ -374,7 +368,7 @@ def _replay_evaluations(trial: optuna.Trial, book: ResultsBook, trial_id: str, c
     for number, entry in enumerate(evaluations, start=1):
         trial.report(float(entry[metric]), step=number)
         if number >= first_missing:
-            saved = Path(checkpoint).parent / f"{ckpt.PREFIX}-{entry['step']}"
+            saved = ckpt.checkpoint_path(Path(checkpoint).parent, entry["step"])
             values = {metric: entry[metric], "evaluation": number, **entry}
             book.report(trial_id, values, checkpoint=str(saved) if saved.is_dir() else None)
 

@@ -1,0 +1,75 @@
+"""`tunetrain.tuning.components` and `tunetrain.tuning.backend`: what an experiment file names is built in one place."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from tunetrain.args import TrainingArguments
+from tunetrain.space import SearchSpace
+from tunetrain.tuning import backend, components, config
+from tunetrain.tuning.config import SearchConfig
+
+SPACE = SearchSpace.from_mapping({"units": {"type": "int", "low": 1, "high": 4}})
+ARGS = TrainingArguments(output_dir="unused", eval_strategy="epoch", num_train_epochs=4)
+
+
+def _config(**section) -> SearchConfig:
+    return SearchConfig.from_dict(section, space=SPACE, args=ARGS)
+
+
+def test_the_file_accepts_exactly_the_names_that_can_be_built():
+    assert tuple(components.SAMPLERS) == config.SAMPLERS
+    assert tuple(components.SCHEDULERS) == config.SCHEDULERS
+    assert tuple(backend.BACKENDS) == config.BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "pruner"),
+    [("asha", optuna.pruners.SuccessiveHalvingPruner), ("none", optuna.pruners.NopPruner)],
+)
+def test_each_scheduler_has_an_optuna_pruner(scheduler, pruner):
+    assert isinstance(components.make_pruner(_config(scheduler=scheduler)), pruner)
+
+
+def test_asha_s_pruner_takes_the_configured_rungs():
+    made = components.make_pruner(_config(scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 4}))
+    assert (made._min_resource, made._reduction_factor, made._min_early_stopping_rate) == (2, 4, 0)
+
+
+def test_each_scheduler_has_a_ray_scheduler():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tunetrain.tuning.ray.search_state import SearchState
+
+    state = SearchState()
+    asha = components.make_ray_scheduler(_config(scheduler="asha"), max_t=4, search_state=state)
+    assert isinstance(asha, ASHAScheduler) and asha.search_state is state and asha._max_t == 4
+    assert components.make_ray_scheduler(_config(scheduler="none"), max_t=None, search_state=state) is None
+
+
+def test_the_last_rung_is_the_budget_unless_set():
+    from tunetrain.experiment import experiment_from_dict
+    from tunetrain.tuning.trial import max_t_for
+
+    raw = {"name": "x", "task": "m:t", "train": {"eval_strategy": "epoch", "num_train_epochs": 4}}
+    raw["space"] = {"units": {"type": "int", "low": 1, "high": 4}}
+    experiment = experiment_from_dict(raw)
+    assert max_t_for(experiment, _config()) == 4  # one evaluation per epoch; needs no data
+    assert max_t_for(experiment, _config(scheduler={"type": "asha", "max_t": 3})) == 3
+    assert max_t_for(experiment, _config(scheduler="none")) is None
+
+
+def test_a_search_state_pickles_empty_and_stays_shared_within_one_pickle():
+    import pickle
+
+    from tunetrain.tuning.ray.search_state import SearchState
+
+    state = SearchState(stopped_early={"t1"}, config_errors=["bad"])
+    first, second = pickle.loads(pickle.dumps([state, state]))
+    assert first is second and first.stopped_early == set() and first.config_errors == []
+
+
+@pytest.mark.parametrize("name", sorted(backend.BACKENDS))
+def test_every_backend_is_a_backend(name):
+    assert issubclass(backend.backend_class(name), backend.Backend)

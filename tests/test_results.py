@@ -1,0 +1,293 @@
+"""Tests for `tunetrain.results`: the driver's `ResultsBook`, the files it writes, and `SearchResult`'s answers.
+
+No search runs: a book is fed as a driver feeds it. test_trial_store.py covers a trial's final record coming back
+through its ended.json; test_report.py, the figures drawn from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from pyarrow import fs
+
+from tunetrain.errors import ConfigError
+from tunetrain.results import ResultsBook, SearchResult, TrialRecord, read_history, read_results
+
+
+def _book(path: Path, *, mode: str = "max", interval: float = 0.0, **kwargs) -> ResultsBook:
+    path.mkdir(parents=True, exist_ok=True)  # the search makes the experiment dir before its book
+    return ResultsBook(str(path), metric="eval_accuracy", mode=mode, min_interval_s=interval, **kwargs)
+
+
+def _report(book: ResultsBook, trial_id: str, values: list, *, first: int = 1) -> None:
+    for evaluation, value in enumerate(values, start=first):
+        metrics = {"eval_accuracy": value, "evaluation": evaluation, "step": 10 * evaluation}
+        book.report(trial_id, metrics, checkpoint=f"ckpt-{10 * evaluation}")
+
+
+def _record(trial_id: str, best: float | None, status: str = "completed", **params) -> TrialRecord:
+    return TrialRecord(trial_id=trial_id, number=int(trial_id[1:]), params=params, status=status, best_metric=best)
+
+
+# --- ResultsBook: recording ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "best", "step"), [("max", 0.8, 20), ("min", 0.5, 10)])
+def test_a_trial_s_metric_is_its_best_evaluation_not_its_last(tmp_path, mode, best, step):
+    book = _book(tmp_path, mode=mode)
+    book.start("t0", 0, {"lr": 0.1})
+    _report(book, "t0", [0.5, 0.8, 0.6])
+    record = book.trials["t0"]
+    assert (record.best_metric, record.best_step, record.best_checkpoint) == (best, step, f"ckpt-{step}")
+    assert (record.last_metric, record.evaluations, record.status) == (0.6, 3, "running")
+    assert record.metric == best and record.checkpoint == f"ckpt-{step}"
+
+
+def test_a_nan_evaluation_is_recorded_but_never_becomes_the_best(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    _report(book, "t0", [float("nan")])
+    assert book.trials["t0"].best_metric is None and math.isnan(book.trials["t0"].last_metric)
+    _report(book, "t0", [0.3, float("nan"), float("inf")], first=2)
+    record = book.trials["t0"]
+    assert (record.best_metric, record.best_step, record.best_checkpoint) == (0.3, 20, "ckpt-20")
+    assert math.isinf(record.last_metric) and record.evaluations == 4
+    assert [h["evaluation"] for h in book.history] == [1, 2, 3, 4]
+
+
+def test_a_better_evaluation_without_a_checkpoint_keeps_the_best_checkpoint(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    book.report("t0", {"eval_accuracy": 0.5, "evaluation": 1, "step": 10}, checkpoint="ckpt-10")
+    book.report("t0", {"eval_accuracy": "0.75", "evaluation": 2, "step": 20})  # a number as a string counts
+    record = book.trials["t0"]
+    assert (record.best_metric, record.best_step, record.best_checkpoint) == (0.75, 20, "ckpt-10")
+
+
+def test_evaluations_are_numbered_when_the_report_does_not_say(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    book.report("t0", {"eval_accuracy": 0.1})
+    book.report("t0", {"eval_accuracy": 0.2})
+    assert [(h["evaluation"], h["step"]) for h in book.history] == [(1, 0), (2, 0)]
+    assert book.last_evaluation("t0") == 2 and book.last_evaluation("unknown") == 0
+
+
+def test_a_resumed_trial_s_repeated_evaluations_replace_the_later_ones(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    book.start("t1", 1, {})
+    _report(book, "t0", [0.1, 0.2, 0.3])
+    _report(book, "t1", [0.5, 0.6])
+    book.start("t0", 0, {})  # restarted from its checkpoint at evaluation 1
+    _report(book, "t0", [0.25], first=2)
+    assert [(h["trial_id"], h["evaluation"], h["metric"]) for h in book.history] == [
+        ("t0", 1, 0.1),
+        ("t1", 1, 0.5),
+        ("t1", 2, 0.6),
+        ("t0", 2, 0.25),
+    ]
+    assert book.last_evaluation("t0") == 2 and book.trials["t0"].evaluations == 2
+
+
+def test_start_again_marks_a_finished_trial_running(tmp_path):
+    book = _book(tmp_path)
+    first = book.start("t0", 0, {"lr": 0.1})
+    book.finish("t0", "errored", error="boom")
+    again = book.start("t0", 0, {"lr": 0.2})
+    assert again is first and again.params == {"lr": 0.1}  # the params are the trial's first
+    assert (again.status, again.ended_at) == ("running", None)
+
+
+def test_finish_records_how_the_trial_ended(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    book.finish("t0", "pruned", ended_at=123.0)
+    assert (book.trials["t0"].status, book.trials["t0"].ended_at, book.trials["t0"].error) == ("pruned", 123.0, None)
+    with pytest.raises(ValueError, match=r"status 'done' is not one of \('running', 'completed'"):
+        book.finish("t0", "done")
+
+
+# --- ResultsBook: files --------------------------------------------------------------------------------------------
+
+
+def test_flush_writes_results_and_history_that_read_back(tmp_path):
+    book = _book(tmp_path / "exp")
+    book.start("t1", 1, {"lr": 0.01, "act": "relu"})
+    book.start("t0", 0, {"lr": 0.1, "nested": {"a": 1}})
+    _report(book, "t0", [0.5, 0.7])
+    book.report("t1", {"eval_accuracy": 0.9, "evaluation": 1, "step": 10, "epoch": 0.5, "per_class": [1, 2]})
+    book.finish("t0", "completed", ended_at=100.0)
+    book.finish("t1", "errored", error="ValueError: x")
+
+    result = read_results(tmp_path / "exp")
+    assert (result.experiment_dir, result.metric, result.mode) == (str(tmp_path / "exp"), "eval_accuracy", "max")
+    assert [t.trial_id for t in result.trials] == ["t0", "t1"]  # by trial number
+    t0, t1 = result.trials
+    assert t0.params == {"lr": 0.1, "nested": {"a": 1}} and t1.params == {"lr": 0.01, "act": "relu"}
+    assert (t0.status, t0.best_metric, t0.best_step, t0.evaluations, t0.ended_at) == ("completed", 0.7, 20, 2, 100.0)
+    assert (t1.status, t1.error) == ("errored", "ValueError: x")
+
+    history = read_history(tmp_path / "exp")
+    assert [(h["trial_id"], h["evaluation"], h["step"], h["metric"]) for h in history] == [
+        ("t0", 1, 10, 0.5),
+        ("t0", 2, 20, 0.7),
+        ("t1", 1, 10, 0.9),
+    ]
+    assert history[2]["epoch"] == 0.5 and history[0]["epoch"] is None
+    metrics = json.loads(history[2]["metrics"])
+    assert metrics["eval_accuracy"] == 0.9 and "per_class" not in metrics  # scalars only
+
+
+def test_flush_waits_for_its_interval_unless_forced(tmp_path):
+    book = _book(tmp_path, interval=3600.0)
+    book.start("t0", 0, {})
+    book.flush(force=True)
+    _report(book, "t0", [0.5])
+    assert read_results(tmp_path).trials[0].evaluations == 0  # written under an hour ago: not yet
+    book.flush(force=True)
+    assert read_results(tmp_path).trials[0].evaluations == 1
+    book.finish("t0", "completed")  # the end of a trial is always written at once
+    assert read_results(tmp_path).trials[0].status == "completed"
+
+
+def test_flush_with_nothing_new_writes_nothing(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {})
+    book.flush(force=True)
+    (tmp_path / "results.parquet").unlink()
+    book.flush(force=True)
+    assert not (tmp_path / "results.parquet").exists()
+
+
+def test_a_new_book_takes_up_what_an_earlier_driver_wrote(tmp_path):
+    first = _book(tmp_path)
+    first.start("t0", 0, {"lr": 0.1})
+    first.start("t1", 1, {"lr": 0.2})
+    _report(first, "t0", [0.5, 0.6])
+    first.finish("t0", "completed")
+    _report(first, "t1", [0.4])
+    first.flush(force=True)
+
+    second = _book(tmp_path)
+    second.load()
+    assert {t: r.status for t, r in second.trials.items()} == {"t0": "completed", "t1": "running"}
+    assert second.last_evaluation("t0") == 2 and second.last_evaluation("t1") == 1
+    _report(second, "t1", [0.45], first=2)
+    assert [(h["trial_id"], h["evaluation"]) for h in second.history] == [("t0", 1), ("t0", 2), ("t1", 1), ("t1", 2)]
+
+
+def test_load_of_an_empty_dir_starts_empty(tmp_path):
+    book = _book(tmp_path)
+    book.load()
+    assert book.trials == {} and book.history == []
+
+
+def test_final_record_is_plain_json_and_leaves_the_book_as_it_is(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {"lr": 0.1})
+    _report(book, "t0", [0.5, 0.4])
+    final = json.loads(json.dumps(book.final_record("t0", "stopped_early", error=None)))
+    assert final["record"]["status"] == "stopped_early" and final["record"]["best_metric"] == 0.5
+    assert json.loads(final["record"]["params"]) == {"lr": 0.1}
+    assert [row["evaluation"] for row in final["history"]] == [1, 2]
+    assert book.trials["t0"].status == "running"  # the book changes when the trial is finished, not before
+
+    other = _book(tmp_path / "other")
+    other.restore(final)
+    (record,) = read_results(tmp_path / "other").trials
+    assert (record.trial_id, record.status, record.best_metric, record.params) == (
+        "t0",
+        "stopped_early",
+        0.5,
+        {"lr": 0.1},
+    )
+
+
+def test_a_book_on_remote_storage_reads_back_through_its_filesystem(tmp_path):
+    (tmp_path / "bucket" / "runs" / "exp").mkdir(parents=True)
+    remote = fs.SubTreeFileSystem(str(tmp_path / "bucket"), fs.LocalFileSystem())
+    book = ResultsBook("runs/exp", metric="eval_loss", mode="min", filesystem=remote, min_interval_s=0.0)
+    book.start("t0", 0, {"lr": 0.1})
+    book.report("t0", {"eval_loss": 0.5, "evaluation": 1, "step": 5})
+    book.finish("t0", "completed")
+    result = read_results("runs/exp", filesystem=remote)
+    assert (result.metric, result.mode, result.best.best_metric) == ("eval_loss", "min", 0.5)
+    assert [h["metric"] for h in read_history("runs/exp", filesystem=remote)] == [0.5]
+    assert sorted(p.name for p in (tmp_path / "bucket" / "runs" / "exp").iterdir()) == [
+        "history.parquet",
+        "results.parquet",
+    ]
+
+
+def test_read_results_of_a_dir_without_results(tmp_path):
+    with pytest.raises(ConfigError, match=r"experiment '.*empty' has no results\.parquet: no search has run there"):
+        read_results(tmp_path / "empty")
+    assert read_results(tmp_path / "empty", missing_ok=True) is None
+    assert read_history(tmp_path / "empty") == []
+
+
+# --- SearchResult --------------------------------------------------------------------------------------------------
+
+
+def _result(mode: str = "max") -> SearchResult:
+    trials = [
+        _record("t0", 0.5, lr=0.1, layers=2),
+        _record("t1", 0.9, "errored", lr=0.2),  # errored trials never rank
+        _record("t2", 0.7, "pruned", lr=0.3),
+        _record("t3", float("nan"), "stopped_early", lr=0.4),
+        _record("t4", None, "running", lr=0.5),
+        _record("t5", 0.6, lr=0.123456789),
+    ]
+    return SearchResult("runs/exp", "eval_accuracy", mode, trials)
+
+
+@pytest.mark.parametrize(("mode", "order"), [("max", ["t2", "t5", "t0"]), ("min", ["t0", "t5", "t2"])])
+def test_ranked_holds_the_trials_with_a_finite_metric_best_first(mode, order):
+    result = _result(mode)
+    assert [t.trial_id for t in result.ranked()] == order
+    assert result.best.trial_id == order[0]
+
+
+def test_a_search_without_a_finite_metric_has_no_best():
+    result = SearchResult("x", "eval_loss", "min", [_record("t0", None, "running"), _record("t1", 0.1, "errored")])
+    assert result.ranked() == [] and result.best is None
+    assert result.table() == "no trial has reported a finite metric"
+    assert result.summary_line() == "1 done, 1 running, 0 stopped early, 1 errored; no best yet"
+
+
+def test_counts_has_every_status():
+    assert _result().counts() == {"running": 1, "completed": 2, "stopped_early": 1, "pruned": 1, "errored": 1}
+
+
+def test_table_shows_the_top_k_with_their_params():
+    lines = _result().table(k=2).splitlines()
+    assert lines[0].split() == ["trial", "eval_accuracy", "status", "evals", "lr"]
+    assert [line.split() for line in lines[1:]] == [
+        ["t2", "0.7", "pruned", "0", "0.3"],
+        ["t5", "0.6", "completed", "0", "0.1235"],
+    ]
+    assert lines[1].index("pruned") == lines[0].index("status")  # columns line up
+
+
+def test_table_marks_a_param_a_trial_does_not_have():
+    lines = _result().table(k=3).splitlines()
+    assert lines[0].split()[-2:] == ["layers", "lr"]
+    assert lines[3].split()[-2:] == ["2", "0.1"] and lines[1].split()[-2:] == ["-", "0.3"]
+
+
+def test_summary_line_counts_and_names_the_best():
+    assert _result().summary_line(total=10) == (
+        "5/10 done, 1 running, 2 stopped early, 1 errored; best eval_accuracy=0.7 (t2)"
+    )
+    assert _result().summary_line().startswith("5 done, ")
+
+
+def test_read_trials_know_their_experiment_dir_and_others_cannot_export(tmp_path):
+    assert all(t._experiment_dir == "runs/exp" for t in _result().trials)
+    with pytest.raises(ConfigError, match=r"trial 't9' was not read from an experiment dir: nothing to export"):
+        _record("t9", 0.5).export(tmp_path / "out")
+    assert not (tmp_path / "out").exists()

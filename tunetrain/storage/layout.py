@@ -1,0 +1,135 @@
+"""Every file and folder name of an experiment dir, a run's output dir and an export, defined once.
+
+```
+storage/NAME/                      an experiment dir (`ExperimentDir`)
+  search.json                      how the search was started, and whether it finished
+  results.parquet                  a row per trial
+  history.parquet                  a row per evaluation
+  optuna.journal                   the study (optuna backend)
+  trials/<trial id>/               a trial's output dir: its checkpoints, and ended.json once it ended for good
+  tensorboard/<trial id>/          its TensorBoard events
+  report.html, *.png               `tunetrain report`'s page and figures
+  ray-state-backup/                the last whole copy of Ray's own state (ray backend), beside Ray's files
+OUTPUT_DIR/checkpoint-<step>/      a checkpoint of one run (see tunetrain.checkpoint), written whole
+EXPORT_DIR/                        model.safetensors, params.json, metrics.json, experiment.yaml, README.md
+```
+
+The checkpoint's own files are named here too; `tunetrain.checkpoint` is the only module that builds a checkpoint's
+path from a step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.storage.files import exists, read_json, write_json
+from tunetrain.storage.location import is_local, resolve_storage, uri_for
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+# --- an experiment dir
+STATE_NAME = "search.json"
+RESULTS_NAME = "results.parquet"
+HISTORY_NAME = "history.parquet"
+JOURNAL_NAME = "optuna.journal"
+TRIALS_DIR = "trials"
+TENSORBOARD_DIR = "tensorboard"
+ENDED_NAME = "ended.json"  # in a trial's dir, written by the driver when the trial has ended for good
+REPORT_NAME = "report.html"  # `tunetrain report`'s page and its figures
+CURVES_PNG = "learning_curves.png"
+PARAMS_PNG = "params.png"
+BEST_SO_FAR_PNG = "best_so_far.png"
+RAY_BACKUP_DIR = "ray-state-backup"
+TOKEN_NAME = "tunetrain.json"  # the one file of the token checkpoints a trial reports to Ray
+
+# --- a checkpoint: `checkpoint-<step>/` in a run's output dir
+CHECKPOINT_PREFIX = "checkpoint"
+WEIGHTS_NAME = "model.safetensors"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+SCALER_NAME = "scaler.pt"
+RNG_STATE_NAME = "rng_state.pt"
+TRAINER_STATE_NAME = "trainer_state.json"  # written last: what marks a checkpoint complete
+PARAMS_NAME = "params.json"
+ARGS_NAME = "training_args.json"
+
+# --- an export (and the final model of `tunetrain train`): WEIGHTS_NAME, PARAMS_NAME and these
+METRICS_NAME = "metrics.json"
+EXPERIMENT_NAME = "experiment.yaml"
+CARD_NAME = "README.md"
+FINAL_DIR = "final"  # `tunetrain train EXPERIMENT_DIR`'s default output dir
+
+
+class ExperimentDir:
+    """`storage/NAME/` on a local disk, a shared directory, or a pyarrow filesystem (s3://...), and the paths in it.
+
+    `path` is the path within `filesystem`; `uri` is what Ray's storage_path and a user see (the path on a local
+    disk, `scheme://path` elsewhere).
+    """
+
+    def __init__(self, filesystem: FileSystem, path: str, uri: str) -> None:
+        self.filesystem = filesystem
+        self.path = path
+        self.uri = uri
+
+    @classmethod
+    def open(cls, storage: str, name: str) -> ExperimentDir:
+        """The experiment `name` under `storage` (a directory or a URI; see `resolve_storage`)."""
+        filesystem, base = resolve_storage(storage)
+        path = f"{base.rstrip('/')}/{name}"
+        return cls(filesystem, path, uri_for(storage, path))
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.filesystem)
+
+    # --- paths within `filesystem`
+    @property
+    def state_path(self) -> str:
+        return f"{self.path}/{STATE_NAME}"
+
+    @property
+    def results_path(self) -> str:
+        return f"{self.path}/{RESULTS_NAME}"
+
+    @property
+    def history_path(self) -> str:
+        return f"{self.path}/{HISTORY_NAME}"
+
+    @property
+    def journal_path(self) -> str:
+        return f"{self.path}/{JOURNAL_NAME}"
+
+    @property
+    def ray_backup_path(self) -> str:
+        return f"{self.path}/{RAY_BACKUP_DIR}"
+
+    def trial_path(self, trial_id: str) -> str:
+        """A trial's output dir: its checkpoints, and ended.json."""
+        return f"{self.path}/{TRIALS_DIR}/{trial_id}"
+
+    def ended_path(self, trial_id: str) -> str:
+        return f"{self.trial_path(trial_id)}/{ENDED_NAME}"
+
+    def tensorboard_path(self, trial_id: str) -> str:
+        return f"{self.path}/{TENSORBOARD_DIR}/{trial_id}"
+
+    def uri_of(self, path: str) -> str:
+        """What a user sees for a path inside this experiment's filesystem."""
+        return path if self.is_local else f"{self.uri.split('://', 1)[0]}://{path}"
+
+    # --- the state marker
+    def exists(self) -> bool:
+        return exists(self.filesystem, self.path)
+
+    def read_state(self) -> dict[str, Any] | None:
+        """`search.json`: the experiment as first run, and whether its search finished."""
+        return read_json(self.filesystem, self.state_path)
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        write_json(self.filesystem, self.state_path, state)
+
+    def remove(self) -> None:
+        if self.exists():
+            self.filesystem.delete_dir(self.path)

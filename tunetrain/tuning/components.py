@@ -1,0 +1,200 @@
+"""Samplers, pruners and schedulers, built in one place by the names an experiment file uses.
+
+- `SAMPLERS` (`search.sampler`): name -> a builder of the Optuna sampler, used by both backends (the ray backend
+  through OptunaSearch).
+- `SCHEDULERS` (`search.scheduler.type`): name -> the pair that stops trials early on each backend: an Optuna pruner
+  (optuna backend) and a Ray Tune scheduler (ray backend; None for Ray's default FIFO).
+
+A new sampler or scheduler is one entry here plus its code; `SearchConfig` checks names against these keys. Nothing is
+imported from optuna or ray until a builder runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
+
+    from tunetrain.space import SearchSpace
+    from tunetrain.tuning.config import SearchConfig
+    from tunetrain.tuning.ray.search_state import SearchState
+
+
+# --- samplers ---------------------------------------------------------------------------------------------------
+
+
+def _tpe(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    import optuna
+
+    with warnings.catch_warnings():
+        # `group` is an experimental argument in Optuna 5.0 and warns at every construction
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=config.seed,
+            multivariate=True,
+            group=any(space[name].when is not None for name in space),
+            constant_liar=config.max_concurrent_trials > 1,
+        )
+
+
+def _random(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+def _gp(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=config.seed)
+
+
+def _cmaes(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    import optuna
+
+    return optuna.samplers.CmaEsSampler(seed=config.seed)
+
+
+def _grid(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    problem = grid_problem(space, "search")
+    if problem is not None:
+        raise ConfigError(problem)
+    return _grid_sampler_class()(space.grid(), seed=config.seed)
+
+
+SAMPLERS: dict[str, Callable[[SearchConfig, SearchSpace], BaseSampler]] = {
+    "tpe": _tpe,
+    "random": _random,
+    "gp": _gp,
+    "cmaes": _cmaes,
+    "grid": _grid,
+}
+# Packages a sampler imports lazily that tunetrain does not depend on itself (Optuna would fail only mid-search).
+SAMPLER_PACKAGES = {"gp": ("torch", "scipy"), "cmaes": ("cmaes",)}
+
+
+def make_sampler(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    """The Optuna sampler `config.sampler` names, seeded with `config.seed` (imports optuna).
+
+    - tpe: `TPESampler(multivariate=True)`, with `group=True` when the space has `when:` params (multivariate TPE
+      over each set of params that appear together) and `constant_liar` when trials run concurrently (running
+      trials count as bad, so concurrent trials spread out).
+    - random: `RandomSampler`. gp: `GPSampler` (torch, scipy; samples `when:` params at random). cmaes:
+      `CmaEsSampler` (the `cmaes` package; samples categorical and `when:` params at random, with a warning).
+    - grid: a `GridSampler` over `space.grid()` that only stops the study inside `study.optimize`: Optuna's own
+      raises RuntimeError from `study.tell` once the grid is exhausted under ask-and-tell, as Ray's OptunaSearch
+      drives it.
+    """
+    return SAMPLERS[config.sampler](config, space)
+
+
+def grid_problem(space: SearchSpace, where: str) -> str | None:
+    """Why the grid sampler cannot search `space` (a `when:` param, an unbounded float), or None."""
+    try:
+        space.grid()
+    except ConfigError as exc:
+        return f"`{where}.sampler` is 'grid', which cannot search this space: {exc}"
+    return None
+
+
+def _make_grid_sampler_class() -> type:
+    from optuna.samplers import GridSampler
+
+    class _AskAndTellGridSampler(GridSampler):
+        """GridSampler that stops the study only inside `study.optimize`."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            # GridSampler.after_trial does nothing but `study.stop()` once the grid is exhausted, and Study.stop
+            # raises outside study.optimize (a private flag; if Optuna drops it, the stock behaviour comes back)
+            if getattr(getattr(study, "_thread_local", None), "in_optimize_loop", True):
+                super().after_trial(study, trial, state, values)
+
+    _AskAndTellGridSampler.__module__ = __name__
+    _AskAndTellGridSampler.__qualname__ = "_AskAndTellGridSampler"
+    return _AskAndTellGridSampler
+
+
+def _grid_sampler_class() -> type:
+    # Built on first use (optuna is imported lazily) and kept as a module attribute, so that pickle (Ray checkpoints
+    # its searcher) finds it by name, in another process too (through the module's __getattr__).
+    if "_AskAndTellGridSampler" not in globals():
+        globals()["_AskAndTellGridSampler"] = _make_grid_sampler_class()
+    return globals()["_AskAndTellGridSampler"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_AskAndTellGridSampler":
+        return _grid_sampler_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --- schedulers: stopping trials early --------------------------------------------------------------------------
+
+
+def _successive_halving(config: SearchConfig) -> BasePruner:
+    import optuna
+
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=config.scheduler.grace_period,
+        reduction_factor=config.scheduler.reduction_factor,
+        min_early_stopping_rate=0,
+    )
+
+
+def _no_pruner(config: SearchConfig) -> BasePruner:
+    import optuna
+
+    return optuna.pruners.NopPruner()
+
+
+def _ray_asha(config: SearchConfig, max_t: int | None, search_state: SearchState) -> Any:
+    from tunetrain.tuning.ray.protocol import EVALUATION, OBJECTIVE
+    from tunetrain.tuning.ray.schedulers import EarlyStopRecordingASHA
+
+    return EarlyStopRecordingASHA(
+        search_state,
+        time_attr=EVALUATION,  # rungs count evaluations, which a resumed trial continues
+        metric=OBJECTIVE,
+        mode=config.mode,
+        max_t=max_t,
+        grace_period=config.scheduler.grace_period,
+        reduction_factor=config.scheduler.reduction_factor,
+    )
+
+
+def _ray_fifo(config: SearchConfig, max_t: int | None, search_state: SearchState) -> Any:
+    return None  # Ray's FIFOScheduler: every trial runs its whole budget
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """One way to stop trials early, on each backend. `uses_max_t`: it needs the last rung (max_t), computed from the
+    run's budget when the file does not set it."""
+
+    optuna_pruner: Callable[[SearchConfig], BasePruner]
+    ray_scheduler: Callable[[SearchConfig, int | None, SearchState], Any]
+    uses_max_t: bool
+
+
+SCHEDULERS: dict[str, Scheduler] = {
+    "asha": Scheduler(optuna_pruner=_successive_halving, ray_scheduler=_ray_asha, uses_max_t=True),
+    "none": Scheduler(optuna_pruner=_no_pruner, ray_scheduler=_ray_fifo, uses_max_t=False),
+}
+
+
+def make_pruner(config: SearchConfig) -> BasePruner:
+    """The Optuna pruner of `config.scheduler` (optuna backend): asha is `SuccessiveHalvingPruner`, whose rungs count
+    evaluations (the loop reports the metric at every evaluation)."""
+    return SCHEDULERS[config.scheduler.type].optuna_pruner(config)
+
+
+def make_ray_scheduler(config: SearchConfig, *, max_t: int | None, search_state: SearchState) -> Any:
+    """The Ray Tune scheduler of `config.scheduler` (ray backend), or None for Ray's default."""
+    return SCHEDULERS[config.scheduler.type].ray_scheduler(config, max_t, search_state)

@@ -1,0 +1,150 @@
+"""`RayBackend`: the search as a Ray Tune Tuner, wired from the parts of this package.
+
+- Each evaluation of a trial is one `ray.tune.report(metrics)`; ASHA's rungs count evaluations (the reported
+  `evaluation`, which a resumed trial continues). The checkpoint saved at each evaluation stays in the trial's own
+  directory in the experiment (`trials/<id>/`, rotated by the loop: the best and the latest), and a trial that
+  Ray restarts (FailureConfig) or restores resumes from the latest one there, through the loop's exact resume.
+- Ray snapshots its whole experiment state (every trial, the pickled study) after each checkpoint reported to it,
+  so that a restore finds the trials it knew of: after every evaluation that would cost more than the training of
+  small trials, and grows with the trial count. A trial reports Ray a token checkpoint only at its first and last
+  evaluation of a run: the snapshot then holds every trial that has trained, and which ones are done. One that
+  ended between the last snapshot and a killed driver (an ASHA stop, say) is not trained again on resume: the
+  driver marks every ended trial in its dir.
+- Actors are reused between trials and a worker process loads the task (its data) once.
+- The driver keeps `results.parquet` / `history.parquet` and prints progress; Ray's own output is silenced.
+- A local Ray starts by itself on 127.0.0.1; `address` joins a cluster, whose nodes must all see the storage.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+
+from tunetrain.errors import ConfigError
+from tunetrain.results import read_results
+from tunetrain.tuning.backend import Backend
+from tunetrain.tuning.components import make_ray_scheduler, make_sampler
+from tunetrain.tuning.ray import cluster, state
+from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch, config_error_in
+from tunetrain.tuning.ray.protocol import OBJECTIVE
+from tunetrain.tuning.ray.search_state import SearchState
+from tunetrain.tuning.ray.worker import TrialSpec, run_trial
+from tunetrain.tuning.trial import max_t_for
+
+if TYPE_CHECKING:
+    from tunetrain.experiment import Experiment
+    from tunetrain.results import SearchResult
+    from tunetrain.storage import ExperimentDir
+    from tunetrain.tuning.config import SearchConfig
+
+
+class RayBackend(Backend):
+    """The search on a local Ray or a Ray cluster (see the module docstring)."""
+
+    def __init__(self, experiment: Experiment, config: SearchConfig, exp_dir: ExperimentDir) -> None:
+        super().__init__(experiment, config, exp_dir)
+        self.max_t: int | None = None  # the scheduler's last rung, from `prepare`
+        self.started_ray = False  # whether `prepare` started a local Ray (which `close` shuts down)
+
+    def prepare(self) -> None:
+        """Start or join Ray and check that the search can run there; compute the scheduler's last rung."""
+        # the budget may load the task: before Ray starts, so that a budget too small costs no start-up
+        self.max_t = max_t_for(self.experiment, self.config)
+        self.started_ray = cluster.connect(self.config, self.exp_dir)
+
+    def can_resume(self) -> bool:
+        return state.can_resume(self.exp_dir)
+
+    def run(self, *, resume: bool) -> SearchResult:
+        """Run (or, with `resume`, continue) the search; returns what results.parquet holds."""
+        search_state = SearchState()
+        trainable = self._trainable()
+        if resume:
+            path, filesystem = state.location(self.exp_dir)
+            state.repair_ray_state(self.exp_dir)
+            state.mend_tokens(self.exp_dir)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+        else:
+            tuner = tune.Tuner(
+                trainable, tune_config=self._tune_config(search_state), run_config=self._run_config(search_state)
+            )
+        grid = tuner.fit()
+        user_errors = [error for error in map(config_error_in, grid.errors) if error is not None]
+        if user_errors:
+            # a user error inside a trial (a metric compute_metrics never returns, bad model params): every trial
+            # would fail the same way, so the search stops and says why, in one line
+            raise ConfigError(str(user_errors[0]))
+        result = read_results(self.exp_dir.path, filesystem=self.exp_dir.filesystem)
+        # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
+        # with no time budget to explain it, mean the search is not done
+        running = result.counts()["running"]
+        missing = self.config.time_budget_s is None and len(result.trials) < self.num_samples()
+        if running or missing:
+            raise KeyboardInterrupt(f"{running} trial(s) left running")
+        return result
+
+    def close(self) -> None:
+        if self.started_ray:
+            ray.shutdown()
+
+    def num_samples(self) -> int:
+        """num_trials, but never more than a grid sampler has points (Optuna would repeat them)."""
+        if self.config.sampler != "grid":
+            return self.config.num_trials
+        size = 1
+        for values in self.experiment.space.grid().values():
+            size *= len(values)
+        return min(self.config.num_trials, size)
+
+    def _trainable(self) -> Any:
+        spec = TrialSpec(
+            experiment=self.experiment, config=self.config, exp_path=self.exp_dir.path, local=self.exp_dir.is_local
+        )
+        resources = {"cpu": self.config.resources_per_trial.cpu, "gpu": self.config.resources_per_trial.gpu}
+        return tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
+
+    def _tune_config(self, search_state: SearchState) -> tune.TuneConfig:
+        config, space = self.config, self.experiment.space
+        searcher = PrunedAwareOptunaSearch(
+            search_state,
+            space=space.define_by_run,
+            metric=OBJECTIVE,
+            mode=config.mode,
+            sampler=make_sampler(config, space),
+            points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
+        )
+        return tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_ray_scheduler(config, max_t=self.max_t, search_state=search_state),
+            num_samples=self.num_samples(),
+            max_concurrent_trials=config.max_concurrent_trials,
+            time_budget_s=config.time_budget_s,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        )
+
+    def _run_config(self, search_state: SearchState) -> tune.RunConfig:
+        path, filesystem = state.location(self.exp_dir)
+        bookkeeper = Bookkeeper(
+            search_state,
+            storage=self.config.storage,
+            exp_path=self.exp_dir.path,
+            metric=self.config.metric,
+            mode=self.config.mode,
+            total=self.config.num_trials,
+        )
+        return tune.RunConfig(
+            name=self.experiment.name,
+            storage_path=path.rsplit("/", 1)[0],
+            storage_filesystem=filesystem,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=self.config.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the token checkpoints (see worker.TuneReporter)
+            callbacks=[bookkeeper],
+        )
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"{state.RAY_TRIAL_PREFIX}{trial.trial_id}"

@@ -1,0 +1,145 @@
+"""The Ray a search runs on: a local one of its own on 127.0.0.1, or a cluster joined by address, checked before
+anything of the experiment is written (resources for one trial, storage every node can see)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from tunetrain.errors import ConfigError
+from tunetrain.storage import is_file, resolve_storage, write_whole
+
+if TYPE_CHECKING:
+    from tunetrain.storage import ExperimentDir
+    from tunetrain.tuning.config import SearchConfig
+
+QUIET_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV / JSON / TensorBoard loggers of Ray's own: we keep ours
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
+    """Start or join Ray and check that the search can run there; True when this call started Ray.
+
+    Called before anything of the experiment is written or deleted, so bad input loses nothing.
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    started_here = _init_ray(config)
+    try:
+        _check_resources(config)
+        if cluster_address(config):
+            _check_storage_on_every_node(exp_dir)
+    except BaseException:
+        if started_here:
+            ray.shutdown()
+        raise
+    return started_here
+
+
+def _init_ray(config: SearchConfig) -> bool:
+    """Connect to `address`, or start a local Ray on 127.0.0.1; False when Ray was already up in this process."""
+    if ray.is_initialized():
+        return False
+    common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    address = cluster_address(config)
+    if address:
+        where = f"{'`search.address`' if config.address else 'RAY_ADDRESS'} is {address!r}"
+        _probe_address(address, where)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{where}, but no Ray cluster answers there: {reason}") from None
+        return True
+    # "local": a Ray of its own, even where `ray start` left a cluster's address behind (/tmp/ray/ray_current_cluster,
+    # which a bare ray.init() would join, and fail on once that cluster is gone)
+    ray.init(address="local", _node_ip_address="127.0.0.1", **common)
+    return True
+
+
+def cluster_address(config: SearchConfig) -> str | None:
+    """The cluster to join: `search.address`, else RAY_ADDRESS (set by Ray for a job submitted to a cluster)."""
+    return config.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _probe_address(address: str, where: str) -> None:
+    """Fail in seconds when no cluster is there (ray.init would retry for minutes)."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    if address.startswith("ray://"):
+        host, _, port = address[len("ray://") :].partition(":")
+        port = port or "10001"
+    else:
+        try:
+            host, _, port = canonicalize_bootstrap_address_or_die(address).rpartition(":")
+        except (ConnectionError, ValueError) as exc:
+            raise ConfigError(f"{where}, but no running Ray cluster was found: {exc}") from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}, but nothing answers at {host}:{port}: {exc}") from None
+
+
+def _check_resources(config: SearchConfig) -> None:
+    """Fail now, not after waiting forever, when no node can ever hold one trial."""
+
+    cpu, gpu = config.resources_per_trial.cpu, config.resources_per_trial.gpu
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes) or "no live node"
+    raise ConfigError(
+        f"`search.resources_per_trial` asks for {cpu:g} CPU + {gpu:g} GPU per trial, but no node of the Ray "
+        f"cluster has that much ({have})"
+    )
+
+
+def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
+    """A marker the driver writes must be readable from every node, or trials could not save or resume."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = f"{exp_dir.path}/.storage-check-{uuid.uuid4().hex}"
+    write_whole(exp_dir.filesystem, marker, b"tunetrain")
+    try:
+        check = ray.remote(num_cpus=0)(_can_read)
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        futures = {
+            node["NodeManagerAddress"]: check.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(exp_dir.uri, marker)
+            for node in nodes
+        }
+        blind = [address for address, future in futures.items() if not _answer(future)]
+    finally:
+        exp_dir.filesystem.delete_file(marker)
+    if blind:
+        raise ConfigError(
+            f"`search.storage` {exp_dir.uri!r} is not reachable from Ray node(s) {', '.join(blind)}: use a directory "
+            "shared by every node (e.g. NFS) or a URI such as s3://bucket/path"
+        )
+
+
+def _answer(future: Any) -> bool:
+    try:
+        return bool(ray.get(future, timeout=60))
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        return False
+
+
+def _can_read(uri: str, marker: str) -> bool:
+    try:
+        filesystem, _ = resolve_storage(uri)
+        return is_file(filesystem, marker)
+    except Exception:  # any failure to reach the storage is the answer "no"
+        return False

@@ -1,0 +1,226 @@
+"""In the driver: the searcher and the bookkeeper, sharing one `SearchState` with the scheduler (`schedulers`).
+
+- ASHA-stopped trials reach Optuna as PRUNED (Ray's OptunaSearch would tell them COMPLETE with their low-fidelity
+  value, which misleads TPE); errored trials as FAIL.
+- The bookkeeper keeps `results.parquet` / `history.parquet`, prints progress, marks each trial that ended for good
+  in its dir (`ended.json`) and backs up Ray's own state.
+
+The three are built with the same `SearchState` (see `search_state`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from tunetrain.errors import ConfigError
+from tunetrain.results import ResultsBook
+from tunetrain.storage import ExperimentDir, resolve_storage
+from tunetrain.tuning.progress import Progress
+from tunetrain.tuning.ray.protocol import EVALUATION, FINAL_STATUSES, OBJECTIVE, read_ended, values_of, write_ended
+from tunetrain.tuning.ray.search_state import SearchState
+from tunetrain.tuning.ray.state import BACKUP_EVERY_S, back_up_ray_state
+
+logger = logging.getLogger(__name__)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
+
+    def __init__(self, search_state: SearchState, **optuna_search: Any) -> None:
+        super().__init__(**optuna_search)
+        self.search_state = search_state
+
+    def restore(self, checkpoint_path: str) -> None:
+        # Ray restores a searcher by replacing its __dict__ with the pickled one: keep the state shared with the
+        # scheduler and the bookkeeper (the pickled copy is an empty one of its own)
+        search_state = self.search_state
+        super().restore(checkpoint_path)
+        self.search_state = search_state
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if values_of(result).get("error"):
+            return
+        # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
+        super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if values_of(result).get("error"):  # it diverged: FAIL, as Optuna does with a NaN objective
+            super().on_trial_complete(trial_id, result=None, error=True)
+            return
+        ended = self.search_state.ended.get(trial_id)
+        if ended is not None and not error:  # Ray's last result of it predates its end: tell Optuna how it ended
+            if ended.status == "errored":
+                super().on_trial_complete(trial_id, result=None, error=True)
+                return
+            if ended.status == "pruned":
+                self.search_state.stopped_early.add(trial_id)
+            result = (
+                {OBJECTIVE: ended.best_metric, EVALUATION: ended.evaluations} if ended.best_metric is not None else None
+            )
+        if trial_id in self.search_state.stopped_early and not error:
+            # Ray does not pass the result at which ASHA stopped a trial to the searcher: report it here, then no
+            # value with no error makes OptunaSearch tell the trial PRUNED (its intermediate values stay)
+            if result and OBJECTIVE in result and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].report(result[OBJECTIVE], result[EVALUATION])
+            super().on_trial_complete(trial_id, result=None, error=False)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class Bookkeeper(tune.Callback):
+    """Keeps results.parquet / history.parquet and prints progress, from the driver's view of the trials."""
+
+    def __init__(
+        self, search_state: SearchState, *, storage: str, exp_path: str, metric: str, mode: str, total: int
+    ) -> None:
+        self.search_state = search_state
+        self.storage = storage
+        self.exp_path = exp_path
+        self.metric = metric
+        self.mode = mode
+        self.total = total
+        self._book = None
+        self._progress = None
+        self._filesystem = None
+        self._exp_dir = None
+        self._backed_up = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into its experiment state: no open files
+        state = dict(self.__dict__)
+        state.update(_book=None, _progress=None, _filesystem=None, _exp_dir=None)
+        return state
+
+    def setup(self, **info: Any) -> None:
+        self._filesystem, _ = resolve_storage(self.storage)
+        self._exp_dir = ExperimentDir(self._filesystem, self.exp_path, self.exp_path)
+        self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=self._filesystem)
+        self._book.load()
+        self._progress = Progress(self._book, self.total)
+        self.search_state.ended.clear()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self._book.trials.get(trial.trial_id)
+        ended = read_ended(self._filesystem, self._trial_path(trial)) if record is not None else None
+        if ended is not None:
+            # Ray's state predates this trial's end; the trial returns at once (its dir says it ended): its record
+            # is the one it ended with, and the searcher is told what it ended with
+            if record.status != ended["record"]["status"]:
+                # the driver died between marking the trial's dir and writing the results (which may also lack
+                # the trial's last evaluations: they are written every few seconds)
+                self._book.restore(ended)
+                record = self._book.trials[trial.trial_id]
+            self.search_state.ended[trial.trial_id] = record
+            logger.info(
+                "trial %s had ended (%s) before the driver stopped: not run again", trial.trial_id, record.status
+            )
+            return
+        number = record.number if record is not None else len(self._book.trials)
+        self._book.start(trial.trial_id, number, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if trial.trial_id not in self._book.trials:
+            self.on_trial_start(iteration, trials, trial)
+        values = values_of(result)
+        if values.get("error"):
+            return
+        for earlier in values.get("earlier", []):  # a resumed trial's evaluations that a killed driver missed
+            if earlier["evaluation"] > self._book.last_evaluation(trial.trial_id):
+                self._book.report(trial.trial_id, self._recorded(earlier))
+        self._book.report(trial.trial_id, self._recorded(values))
+        if values.get("best_checkpoint"):
+            self._book.trials[trial.trial_id].best_checkpoint = values["best_checkpoint"]
+        self._progress.update()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.search_state.ended:
+            return
+        error = values_of(trial.last_result).get("error")
+        if error:  # the trial ended itself on an error it must not be retried for (a diverged loss)
+            self._finish(trial, "errored", error, for_good=True)  # nor rerun on resume
+            return
+        if trial.trial_id in self.search_state.stopped_early:
+            status = "pruned"  # by ASHA, as the Optuna backend's pruner
+        elif values_of(trial.last_result).get("early_stopped"):
+            status = "stopped_early"  # by the run's early_stopping_patience, as in the Optuna backend
+        else:
+            status = "completed"
+        self._finish(trial, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _trial_error(trial)
+        user_error = config_error_in(error)
+        if user_error is not None:
+            self.search_state.config_errors.append(str(user_error))
+        # Ray's error text is the trial's traceback: its last line is "Type: message"
+        message = str(user_error or error or "the trial failed").strip().splitlines()[-1]
+        self._finish(trial, "errored", message)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._backed_up > BACKUP_EVERY_S:
+            try:
+                if back_up_ray_state(self._filesystem, self.exp_path):
+                    self._backed_up = time.monotonic()
+            except (OSError, ValueError, KeyError) as exc:  # a full disk, or Ray writing it now: the last one stays
+                logger.debug("no backup of Ray's state this time: %s", exc)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # a trial the killed driver had started after Ray's last snapshot is unknown to the restored search, which
+        # ran another in its place: say so rather than leave it 'running' for ever
+        known = {trial.trial_id for trial in trials}
+        for record in self._book.trials.values():
+            if record.status == "running" and record.trial_id not in known and not self.search_state.config_errors:
+                reason = "lost: started after the search state was last saved, before the driver died"
+                self._book.finish(record.trial_id, "errored", error=reason)
+        self._book.flush(force=True)
+        self._progress.final(self._book.result())
+
+    def _finish(self, trial: Any, status: str, error: str | None = None, *, for_good: bool = False) -> None:
+        if trial.trial_id not in self._book.trials:
+            self.on_trial_start(0, [], trial)
+        final = self._book.final_record(trial.trial_id, status, error)
+        if status in FINAL_STATUSES or for_good:  # first: a trial the results show ended must never be trained again
+            write_ended(self._filesystem, self._trial_path(trial), final)
+        self._book.finish(trial.trial_id, status, error=error, ended_at=final["record"]["ended_at"])
+        self._progress.update()
+
+    def _trial_path(self, trial: Any) -> str:
+        return self._exp_dir.trial_path(trial.trial_id)
+
+    def _recorded(self, values: dict[str, Any]) -> dict[str, Any]:
+        """What the results keep of one evaluation's values."""
+        kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
+        kept.update({k: v for k, v in values.items() if k.startswith("eval_")})
+        return kept
+
+
+def _trial_error(trial: Any) -> BaseException | None:
+    """The exception a trial failed with. Ray has written it next to the trial (in the driver's staging dir, not
+    yet the storage, which `trial.get_pickled_error()` reads) by the time `on_trial_error` is called."""
+    import ray.cloudpickle
+
+    path = trial.pickled_error_file
+    if path and os.path.exists(path):
+        with open(path, "rb") as file:
+            return ray.cloudpickle.load(file)
+    return trial.get_error()
+
+
+def config_error_in(error: BaseException | None) -> ConfigError | None:
+    """The ConfigError a trial raised, through Ray's wrapping (RayTaskError.cause, __cause__)."""
+    for _ in range(10):
+        if error is None:
+            return None
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            error = cause
+        elif isinstance(error, ConfigError):
+            return error
+        else:
+            error = error.__cause__
+    return None

@@ -1,0 +1,44 @@
+"""What crosses between a trial (in a Ray worker) and the driver: the keys of a report, and `ended.json`.
+
+A report carries two numbers Ray acts on and one JSON string: Ray keeps running statistics of every numeric key of
+every trial in the driver's memory, so everything else of an evaluation travels as text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from tunetrain.storage import read_json, write_json
+from tunetrain.storage.layout import ENDED_NAME
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+OBJECTIVE = "objective"  # the trial's best value of the search metric so far: what ASHA and Optuna compare
+EVALUATION = "evaluation"  # evaluations since the trial began (a resumed trial continues the count): ASHA's time
+METRICS = "metrics"  # everything else of an evaluation, as one JSON string
+
+# ended for good (ended.json); an errored trial may run again (resume_errored), unless it ended itself (diverged)
+FINAL_STATUSES = ("completed", "stopped_early", "pruned")
+
+
+def values_of(result: dict | None) -> dict[str, Any]:
+    """What a trial reported of one evaluation (see `worker.TuneReporter`), or {} for no report."""
+    if not result or METRICS not in result:
+        return {}
+    return json.loads(result[METRICS])
+
+
+def read_ended(filesystem: FileSystem, trial_path: str) -> dict[str, Any] | None:
+    """What a trial ended with (its final record and history rows, see `ResultsBook.final_record`), or None while
+    it has not ended (or errored: it may be resumed)."""
+    try:
+        ended = read_json(filesystem, f"{trial_path}/{ENDED_NAME}")
+        return ended if ended["record"]["status"] else None
+    except (OSError, ValueError, KeyError, TypeError):  # none there (None["record"]), or not ours to read
+        return None
+
+
+def write_ended(filesystem: FileSystem, trial_path: str, final: dict[str, Any]) -> None:
+    write_json(filesystem, f"{trial_path}/{ENDED_NAME}", final)

@@ -1,0 +1,26 @@
+"""`SearchState`: what the scheduler, the searcher and the bookkeeper of one Ray search tell each other.
+
+All three live in the driver process and are built with the same object (no module globals: two searches in one
+process keep their own). Ray pickles the three together into the Tuner's state, which keeps them sharing one after
+a restore; a state pickles as an empty one, so a restored search starts with a fresh state, as a new one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SearchState:
+    """What the scheduler, the searcher and the bookkeeper of one search tell each other."""
+
+    stopped_early: set[str] = field(default_factory=set)  # trials ASHA stopped before their budget
+    ended: dict[str, Any] = field(default_factory=dict)  # trial id -> TrialRecord: ended before Ray's state knew
+    config_errors: list[str] = field(default_factory=list)  # one-line user errors raised inside trials
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # what a search state holds is this driver session's: a restored search starts a fresh one
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()

@@ -1,0 +1,212 @@
+"""Inside a trial (a Ray worker process): `Trainer.train` with the sampled params, its checkpoints in the trial's own
+dir of the experiment, every evaluation one `tune.report`.
+
+A reused actor trains many trials in one process: the task (its data) is loaded once per process (`cached_task`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
+
+from tunetrain.errors import NonFiniteLossError
+from tunetrain.reporting import Reporter
+from tunetrain.storage import ExperimentDir, copy_dir_down, is_file, resolve_storage, upload_dir, uri_for
+from tunetrain.storage.layout import TOKEN_NAME, TRAINER_STATE_NAME
+from tunetrain.tuning.ray.protocol import EVALUATION, METRICS, OBJECTIVE, read_ended
+from tunetrain.tuning.trial import evaluation_report, trial_arguments
+
+if TYPE_CHECKING:
+    from tunetrain.experiment import Experiment
+    from tunetrain.task import Task
+    from tunetrain.tuning.config import SearchConfig
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a trial needs besides its params; shipped to workers once through `tune.with_parameters`."""
+
+    experiment: Experiment
+    config: SearchConfig
+    exp_path: str  # the experiment dir within the storage's filesystem
+    local: bool  # a local (or mounted) directory; else a pyarrow filesystem such as s3://
+
+
+@functools.lru_cache(maxsize=4)
+def cached_task(task_path: str) -> Task:
+    """The task of this worker process, loaded once: a reused actor trains many trials on the same data."""
+    from tunetrain.task import load_task
+
+    return load_task(task_path)
+
+
+def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
+    """One trial: `Trainer.train` with the sampled params, resumed from its latest checkpoint when it has one."""
+    import torch
+
+    from tunetrain.loop import Trainer
+
+    torch.set_num_threads(max(1, int(spec.config.resources_per_trial.cpu)))
+    trial_id = tune.get_context().get_trial_id()
+    store = TrialStore(spec, trial_id)
+    if store.ended():
+        return  # it ended before the driver was killed, after Ray's last snapshot: nothing to train or report
+    experiment = spec.experiment
+    exp_dir = ExperimentDir(store.filesystem, spec.exp_path, spec.exp_path)
+    logging_dir = exp_dir.tensorboard_path(trial_id) if spec.local else None
+    try:
+        args = trial_arguments(
+            experiment,
+            spec.config,
+            store.output_dir,
+            logging_dir=logging_dir,
+            save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
+        )
+        reporter = TuneReporter(spec.config.metric, store)
+        trainer = Trainer(cached_task(experiment.task), args, experiment.space, reporters=[reporter], console=False)
+        try:
+            trainer.train(trial=params, resume_from_checkpoint=store.latest())
+            reporter.report_if_silent(trainer.state)
+        except NonFiniteLossError as exc:
+            # not raised to Ray, which would retry it: from its last checkpoint the trial would diverge again. It
+            # ends with a report that says why; the driver marks it errored and Optuna is told FAIL
+            reporter.report_error(trainer.state, f"{type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+class TrialStore:
+    """A trial's checkpoints in the experiment's storage, `trials/<trial id>/checkpoint-<step>`.
+
+    On a local or mounted directory the loop writes there itself (atomically, and rotates them). On a pyarrow
+    filesystem (s3://...) it writes to a local scratch directory, and each checkpoint is copied up after it is
+    saved (its trainer_state.json last: what marks a checkpoint complete), the rotation mirrored; a restarted trial
+    copies the complete ones back down and resumes from the latest.
+    """
+
+    def __init__(self, spec: TrialSpec, trial_id: str) -> None:
+        self.local = spec.local
+        self.filesystem = resolve_storage(spec.config.storage)[0]
+        self.path = ExperimentDir(self.filesystem, spec.exp_path, spec.exp_path).trial_path(trial_id)
+        self.uri = uri_for(spec.config.storage, self.path)
+        if self.local:
+            self.output_dir = self.path
+        else:
+            scratch = Path(tempfile.gettempdir()) / "tunetrain-trials" / f"{trial_id}-{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            self.output_dir = str(scratch)
+
+    def ended(self) -> bool:
+        return read_ended(self.filesystem, self.path) is not None
+
+    def latest(self) -> str | None:
+        from pyarrow import fs
+
+        from tunetrain import checkpoint as ckpt
+
+        if self.local:
+            latest = ckpt.find_latest(self.path)
+            return str(latest) if latest else None
+        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
+        steps = sorted(
+            (ckpt.checkpoint_step(info.path), info.path)
+            for info in found
+            if info.type == fs.FileType.Directory and ckpt.checkpoint_step(info.path) is not None
+        )
+        # every complete one comes down (the loop keeps a few: the best and the latest), so that the local rotation,
+        # which `persist` mirrors, sees them all; an incomplete one (its trainer_state.json missing) stays behind
+        latest = None
+        for _, remote in steps:
+            if is_file(self.filesystem, f"{remote}/{TRAINER_STATE_NAME}"):
+                local = Path(self.output_dir) / Path(remote).name
+                copy_dir_down(self.filesystem, remote, local)
+                latest = str(local)
+        return latest
+
+    def persist(self, checkpoint: Path) -> None:
+        """Copy a checkpoint the loop has just saved (and rotated) up to remote storage; a no-op on a local one."""
+        if self.local:
+            return
+        from pyarrow import fs
+
+        from tunetrain import checkpoint as ckpt
+
+        upload_dir(checkpoint, self.filesystem, f"{self.path}/{checkpoint.name}", marker=TRAINER_STATE_NAME)
+        kept = {p.name for p in ckpt.list_checkpoints(self.output_dir)}
+        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
+        for info in found:
+            name = Path(info.path).name
+            if ckpt.checkpoint_step(name) is not None and name not in kept:
+                self.filesystem.delete_dir(info.path)
+
+    def location(self, checkpoint: str) -> str:
+        """Where a checkpoint of the loop's output dir lives in the storage."""
+        return checkpoint if self.local else f"{self.uri}/{Path(checkpoint).name}"
+
+    def close(self) -> None:
+        if not self.local:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
+
+class TuneReporter(Reporter):
+    """Every evaluation becomes one `tune.report`; the checkpoint saved at it stays in the trial's own dir.
+
+    The first and the last report of a run carry a token checkpoint for Ray (a file naming the trial's dir), for
+    the snapshot Ray takes after each checkpoint: the trial is in Ray's saved state from its first evaluation on,
+    and shows there as about to end at its last.
+    """
+
+    def __init__(self, metric: str, store: TrialStore) -> None:
+        self.metric = metric
+        self.store = store
+        self.reports = 0
+
+    def on_evaluate(self, metrics, state, control, checkpoint) -> None:
+        values = evaluation_report(metrics, state)
+        if control.reason == "early_stopping":  # the run's own patience ran out: this is its last report
+            values["early_stopped"] = True
+        if checkpoint is not None:
+            self.store.persist(checkpoint)
+        if state.best_model_checkpoint:
+            values["best_checkpoint"] = self.store.location(state.best_model_checkpoint)
+        if self.reports == 0 and state.num_evaluations > 1:
+            # a resumed run: its earlier evaluations too (from its checkpoint), which a killed driver may not have
+            # written down
+            earlier = [entry for entry in state.log_history if self.metric in entry][:-1]
+            values["earlier"] = [
+                {**{k: v for k, v in entry.items() if isinstance(v, (int, float))}, "evaluation": number}
+                for number, entry in enumerate(earlier, start=1)
+            ]
+        objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
+        report = {OBJECTIVE: objective, EVALUATION: state.num_evaluations, METRICS: json.dumps(values, default=str)}
+        self.reports += 1
+        if self.reports > 1 and state.global_step < state.max_steps and not control.should_stop:
+            tune.report(report)
+            return
+        with tempfile.TemporaryDirectory(prefix="tunetrain-token-") as token:
+            (Path(token) / TOKEN_NAME).write_text(json.dumps({"trial_dir": self.store.path}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
+
+    def report_if_silent(self, state: Any) -> None:
+        """A run resumed from the checkpoint of its last evaluation trains and evaluates nothing: it reports that
+        evaluation again as its last report (the killed driver may have missed it, or the end of the trial)."""
+        if self.reports or not state.num_evaluations:
+            return
+        last = [entry for entry in state.log_history if self.metric in entry][-1]
+        metrics = {k: v for k, v in last.items() if k != "step"}
+        self.on_evaluate(metrics, state, SimpleNamespace(reason=None, should_stop=True), checkpoint=None)
+
+    def report_error(self, state: Any, message: str) -> None:
+        """The trial's last report: why it ended (its evaluations so far stand, but it is not ranked)."""
+        best = state.best_metric if state is not None and state.best_metric is not None else float("nan")
+        evaluations = state.num_evaluations if state is not None else 0
+        tune.report({OBJECTIVE: best, EVALUATION: evaluations, METRICS: json.dumps({"error": message})})
