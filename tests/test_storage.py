@@ -18,7 +18,7 @@ from pyarrow import fs
 from tunetrain.errors import ConfigError
 from tunetrain.storage import (
     ExperimentDir,
-    copy_dir_down,
+    copy_down,
     exists,
     experiment_location,
     is_dir,
@@ -194,12 +194,12 @@ def test_upload_dir_copies_every_file_with_the_marker_last(tmp_path, monkeypatch
     assert {p.name: p.read_text() for p in uploaded.iterdir()} == {p.name: p.read_text() for p in local.iterdir()}
 
 
-def test_copy_dir_down_brings_a_remote_dir_to_a_new_local_one(tmp_path):
+def test_copy_down_brings_a_remote_dir_to_a_new_local_one(tmp_path):
     remote = _bucket(tmp_path)
     write_whole(remote, "runs/exp/trials/t1/checkpoint-5/model.safetensors", b"weights")
     write_whole(remote, "runs/exp/trials/t1/checkpoint-5/trainer_state.json", b"{}")
     target = tmp_path / "scratch" / "checkpoint-5"
-    copy_dir_down(remote, "runs/exp/trials/t1/checkpoint-5", target)
+    copy_down(remote, "runs/exp/trials/t1/checkpoint-5", target)
     assert _names(target) == ["model.safetensors", "trainer_state.json"]
     assert (target / "model.safetensors").read_bytes() == b"weights"
 

@@ -26,18 +26,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunetrain.errors import CheckpointError, StorageError
+from tunetrain.storage.layout import (  # the file names, defined with every other name of an experiment
+    ARGS_NAME,
+    CHECKPOINT_PREFIX,
+    OPTIMIZER_NAME,
+    PARAMS_NAME,
+    RNG_STATE_NAME,
+    SCALER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    WEIGHTS_NAME,
+)
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "checkpoint"
-WEIGHTS_NAME = "model.safetensors"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-SCALER_NAME = "scaler.pt"
-RNG_STATE_NAME = "rng_state.pt"
-TRAINER_STATE_NAME = "trainer_state.json"
-PARAMS_NAME = "params.json"
-ARGS_NAME = "training_args.json"
+PREFIX = CHECKPOINT_PREFIX
 REQUIRED_FILES = (WEIGHTS_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_STATE_NAME, TRAINER_STATE_NAME, PARAMS_NAME)
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 _TEMP_PREFIX = f".tmp-{PREFIX}"  # a save in progress: `.tmp-checkpoint-{step}-{pid}`, renamed into place when complete

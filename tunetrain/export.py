@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tunetrain.errors import ConfigError
-from tunetrain.storage import experiment_location, is_file, is_uri
+from tunetrain.storage import copy_down, experiment_location, is_file, is_uri
 from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, METRICS_NAME, PARAMS_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 
 def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord) -> Path:
     """One trial's export folder (see the module docstring). The checkpoint may be in remote storage (s3://...)."""
-    from pyarrow import fs
-
     missing = ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({trial.best_checkpoint})")
     if not trial.best_checkpoint:
         raise missing
@@ -44,9 +42,8 @@ def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, tr
         remote = f"{trial.best_checkpoint.split('://', 1)[1]}/{WEIGHTS_NAME}"
         if not is_file(filesystem, remote):
             raise missing
-        out_dir.mkdir(parents=True, exist_ok=True)
         weights = out_dir / WEIGHTS_NAME
-        fs.copy_files(remote, str(weights), source_filesystem=filesystem)
+        copy_down(filesystem, remote, weights)
     elif not weights.is_file():
         raise missing
     metrics = {

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import format_value
 from tunetrain.results import STATUSES, read_history, read_results
-from tunetrain.storage import experiment_location, is_file, is_uri, write_whole
+from tunetrain.storage import experiment_location, is_file, is_uri, write_local_file
 from tunetrain.storage.layout import BEST_SO_FAR_PNG, CURVES_PNG, PARAMS_PNG, REPORT_NAME, RESULTS_NAME
 
 if TYPE_CHECKING:
@@ -92,9 +92,7 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
     path = out / REPORT_NAME
     # written whole: a browser reloading the report of a running search never sees half a page
-    from pyarrow.fs import LocalFileSystem
-
-    write_whole(LocalFileSystem(), str(path.resolve()), page.encode("utf-8"))
+    write_local_file(path, page.encode("utf-8"))
     return path
 
 

@@ -12,7 +12,7 @@ Nothing here imports anything else of tunetrain but its errors, and nothing heav
 from __future__ import annotations
 
 from tunetrain.storage.files import (
-    copy_dir_down,
+    copy_down,
     exists,
     is_dir,
     is_file,
@@ -21,6 +21,7 @@ from tunetrain.storage.files import (
     read_parquet,
     upload_dir,
     write_json,
+    write_local_file,
     write_parquet,
     write_whole,
 )
@@ -29,7 +30,7 @@ from tunetrain.storage.location import experiment_location, is_local, is_uri, re
 
 __all__ = [
     "ExperimentDir",
-    "copy_dir_down",
+    "copy_down",
     "exists",
     "experiment_location",
     "is_dir",
@@ -43,6 +44,7 @@ __all__ = [
     "upload_dir",
     "uri_for",
     "write_json",
+    "write_local_file",
     "write_parquet",
     "write_whole",
 ]

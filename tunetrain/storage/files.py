@@ -49,6 +49,13 @@ def write_whole(filesystem: FileSystem, path: str, data: bytes) -> None:
     _atomic(filesystem, path, lambda target: Path(target).write_bytes(data), lambda stream: stream.write(data))
 
 
+def write_local_file(path: str | Path, data: bytes) -> None:
+    """`write_whole` for a file on this machine's disk."""
+    from pyarrow.fs import LocalFileSystem
+
+    write_whole(LocalFileSystem(), str(Path(path).resolve()), data)
+
+
 def read_json(filesystem: FileSystem, path: str) -> Any:
     """The JSON file at `path`, or None where there is none."""
     if not exists(filesystem, path):
@@ -92,12 +99,13 @@ def upload_dir(local_dir: str | Path, filesystem: FileSystem, remote: str, *, ma
         fs.copy_files(str(file), f"{remote}/{file.name}", destination_filesystem=filesystem)
 
 
-def copy_dir_down(filesystem: FileSystem, remote: str, local_dir: str | Path) -> None:
-    """Copy a directory of `filesystem` to a local directory (created)."""
+def copy_down(filesystem: FileSystem, remote: str, local: str | Path) -> None:
+    """Copy a file or a directory of `filesystem` to this machine's disk (its parent directories created)."""
     from pyarrow import fs
 
-    Path(local_dir).mkdir(parents=True, exist_ok=True)
-    fs.copy_files(remote, str(local_dir), source_filesystem=filesystem)
+    target = Path(local)
+    (target if is_dir(filesystem, remote) else target.parent).mkdir(parents=True, exist_ok=True)
+    fs.copy_files(remote, str(target), source_filesystem=filesystem)
 
 
 def _atomic(filesystem: FileSystem, path: str, write_local: Any, write_stream: Any) -> None:

@@ -14,12 +14,12 @@ shape (batch, 10) and the loop's default cross-entropy is the loss.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import numbers
 import os
 import random
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
+from tunetrain.storage import write_local_file
 from tunetrain.task import Task
 
 logger = logging.getLogger(__name__)
@@ -216,11 +217,9 @@ def _cached_arrays() -> dict[str, np.ndarray]:
         pass  # not generated on this machine yet, or a damaged file: generate again
     arrays = _generate()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written whole under a temporary name, then renamed: a reader never sees half a file
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        os.replace(tmp.name, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_local_file(path, buffer.getvalue())  # a reader never sees half a file
     except OSError as exc:  # a read-only home: every process generates the data, as without a cache
         logger.debug("could not cache the MNIST-1D data in %s: %s", path.parent, exc)
     return arrays

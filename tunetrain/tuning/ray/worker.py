@@ -20,7 +20,7 @@ from ray import tune
 
 from tunetrain.errors import NonFiniteLossError
 from tunetrain.reporting import Reporter
-from tunetrain.storage import ExperimentDir, copy_dir_down, is_file, resolve_storage, upload_dir, uri_for
+from tunetrain.storage import ExperimentDir, copy_down, is_file, resolve_storage, upload_dir, uri_for
 from tunetrain.storage.layout import TOKEN_NAME, TRAINER_STATE_NAME
 from tunetrain.tuning.ray.protocol import EVALUATION, METRICS, OBJECTIVE, read_ended
 from tunetrain.tuning.trial import evaluation_report, trial_arguments
@@ -128,7 +128,7 @@ class TrialStore:
         for _, remote in steps:
             if is_file(self.filesystem, f"{remote}/{TRAINER_STATE_NAME}"):
                 local = Path(self.output_dir) / Path(remote).name
-                copy_dir_down(self.filesystem, remote, local)
+                copy_down(self.filesystem, remote, local)
                 latest = str(local)
         return latest
 
