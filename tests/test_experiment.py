@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from tunetrain import ConfigError, TrainingArguments, load_experiment
+from tunetrain import ConfigError, Experiment, TrainingArguments, load_experiment
 from tunetrain.experiment import apply_overrides, experiment_from_dict
 from tunetrain.tuning.config import SearchConfig
 
@@ -155,3 +155,10 @@ def test_replace_checks_the_new_sections_again():
     assert (longer.train.num_train_epochs, experiment.train.num_train_epochs) == (5, 2)
     with pytest.raises(ConfigError, match=r"`train.learning_rate` is fixed, but `space.learning_rate` searches it"):
         experiment.replace(train={"learning_rate": 0.1})
+
+
+def test_an_experiment_built_by_hand_must_hold_parsed_sections():
+    with pytest.raises(ConfigError, match=r"`Experiment.train` is \{'num_train_epochs': 2\} \(dict\), but must be a "):
+        Experiment(name="x", task="m:t", train={"num_train_epochs": 2})
+    built = Experiment(name="x", task="m:t", train=TrainingArguments(num_train_epochs=2))
+    assert built.to_dict() == {"name": "x", "task": "m:t", "train": {"num_train_epochs": 2}}

@@ -79,10 +79,8 @@ class TrainingArguments:
         _check_choices(self)
         _check_ranges(self)
         _check_combinations(self)
-        # fields left None are derived from others; `replace` derives them again from the new values
-        self._derived = frozenset(
-            name for name in ("eval_steps", "metric_for_best_model", "greater_is_better") if getattr(self, name) is None
-        )
+        # left None, greater_is_better follows the metric's name: `replace` with another metric derives it again
+        self._derived_greater_is_better = self.greater_is_better is None
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
         needs_metric = self.load_best_model_at_end or self.early_stopping_patience is not None
@@ -105,11 +103,14 @@ class TrainingArguments:
             raise ConfigError(f"`{where}.{str(exc).lstrip('`')}") from None
 
     def replace(self, **overrides: Any) -> TrainingArguments:
-        """A copy with some fields changed, checked like a new object (unknown fields are an error). A field that
-        was derived rather than given (`eval_steps` from `logging_steps`, `greater_is_better` from the metric's
-        name) is derived again from the new values, unless `overrides` sets it."""
-        rederived = {name: None for name in getattr(self, "_derived", ()) if name not in overrides}
-        return TrainingArguments.from_dict({**self.to_dict(), **rederived, **overrides}, where="args")
+        """A copy with some fields changed, checked like a new object (unknown fields are an error). A
+        `greater_is_better` that was derived from the metric's name, not given, is derived again when
+        `metric_for_best_model` changes (a copy switched from accuracy to loss minimizes)."""
+        values = {**self.to_dict(), **overrides}
+        rederive = "metric_for_best_model" in overrides and "greater_is_better" not in overrides
+        if rederive and getattr(self, "_derived_greater_is_better", False):
+            values["greater_is_better"] = None
+        return TrainingArguments.from_dict(values, where="args")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

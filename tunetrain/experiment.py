@@ -57,6 +57,16 @@ class Experiment:
     path: Path | None = None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        kinds = {"train": TrainingArguments, "space": SearchSpace, "search": (SearchConfig, type(None)), "params": dict}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise ConfigError(
+                    f"`Experiment.{name}` is {show_value(value)}, but must be {_kind_name(kind)} (build an Experiment "
+                    "from an experiment file's mapping with experiment_from_dict)"
+                )
+
     def training_arguments(self, **overrides: Any) -> TrainingArguments:
         """The fixed TrainingArguments, with `overrides` (e.g. a run's `output_dir`) applied and checked."""
         return self.train.replace(**overrides) if overrides else self.train
@@ -84,6 +94,11 @@ class Experiment:
         if search:
             out["search"] = search
         return out
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("None" if k is type(None) else f"a {k.__name__}" for k in kinds)
 
 
 def _changed(args: TrainingArguments) -> dict[str, Any]:
@@ -211,8 +226,8 @@ def experiment_from_dict(raw: Any) -> Experiment:
             errors.append(f"`train.{key}` is fixed, but `space.{key}` searches it: remove one of them")
     search = None
     if raw.get("search") is not None and train is not None and space is not None:
-        try:  # checked against the space and the run, so only once both are known to be right
-            search = SearchConfig.from_dict(search_section, space=space, args=train)
+        try:  # checked against the space (and against the run by `tunetrain search`): once both are known right
+            search = SearchConfig.from_dict(search_section, space=space, args=train, with_run=False)
         except ConfigError as exc:
             errors.append(str(exc))
     if errors:

@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tunetrain.args import field_names
 from tunetrain.errors import ConfigError
+from tunetrain.experiment import load_experiment
 from tunetrain.storage import copy_down, experiment_location, is_file, is_uri
 from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, METRICS_NAME, PARAMS_NAME, WEIGHTS_NAME
+from tunetrain.task import load_task
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +86,7 @@ def write_model_dir(
 
 def load_model(model_dir: str | Path) -> torch.nn.Module:
     """The exported model: built by the task's factory with the exported params, weights loaded (no pickle)."""
-    from tunetrain import checkpoint as ckpt
-    from tunetrain.args import field_names
-    from tunetrain.experiment import load_experiment
-    from tunetrain.task import load_task
+    from tunetrain import checkpoint as ckpt  # torch
 
     path = Path(model_dir)
     for name in (WEIGHTS_NAME, PARAMS_NAME, EXPERIMENT_NAME):
@@ -103,8 +103,6 @@ def load_model(model_dir: str | Path) -> torch.nn.Module:
 
 def _fixed_experiment(experiment: Experiment, params: dict[str, Any]) -> dict[str, Any]:
     """The experiment as a dict, its space replaced by `params` (TrainingArguments fields go to `train`)."""
-    from tunetrain.args import field_names
-
     fixed = experiment.to_dict()
     fixed.pop("space", None)
     fixed.pop("search", None)

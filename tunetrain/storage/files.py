@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.storage.location import is_local
+
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
@@ -109,8 +111,6 @@ def copy_down(filesystem: FileSystem, remote: str, local: str | Path) -> None:
 
 
 def _atomic(filesystem: FileSystem, path: str, write_local: Any, write_stream: Any) -> None:
-    from tunetrain.storage.location import is_local
-
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if is_local(filesystem):
         tmp = f"{path}.tmp-{os.getpid()}"  # one per process: two writers never share a temporary file

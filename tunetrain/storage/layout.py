@@ -9,7 +9,8 @@ storage/NAME/                      an experiment dir (`ExperimentDir`)
   trials/<trial id>/               a trial's output dir: its checkpoints, and ended.json once it ended for good
   tensorboard/<trial id>/          its TensorBoard events
   report.html, *.png               `tunetrain report`'s page and figures
-  ray-state-backup/                the last whole copy of Ray's own state (ray backend), beside Ray's files
+  experiment_state-*.json, ...     Ray's own state of the search (ray backend), and trial_<id>/ its token checkpoints
+  ray-state-backup/                the last whole copy of Ray's own state
 OUTPUT_DIR/checkpoint-<step>/      a checkpoint of one run (see tunetrain.checkpoint), written whole
 EXPORT_DIR/                        model.safetensors, params.json, metrics.json, experiment.yaml, README.md
 ```
@@ -42,6 +43,8 @@ PARAMS_PNG = "params.png"
 BEST_SO_FAR_PNG = "best_so_far.png"
 RAY_BACKUP_DIR = "ray-state-backup"
 TOKEN_NAME = "tunetrain.json"  # the one file of the token checkpoints a trial reports to Ray
+DAMAGED_SUFFIX = ".damaged"  # a file of Ray's state found cut short, moved aside before its backup is put back
+STORAGE_CHECK_PREFIX = ".storage-check-"  # a marker every Ray node must read before a search on a cluster starts
 
 # --- a checkpoint: `checkpoint-<step>/` in a run's output dir
 CHECKPOINT_PREFIX = "checkpoint"

@@ -11,12 +11,12 @@ driver (`tunetrain.tuning.driver.search`) in this order:
    every trial would hit.
 4. `close()`: always, after `prepare()`: release what `prepare()` took (a Ray that it started).
 
-A new backend is a subclass here plus one entry in `BACKENDS`.
+A new backend is a subclass of `Backend` in a module of its own plus one entry in `config.BACKENDS` (its name and
+where its class is), which the driver imports only when a search chooses it.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,16 +46,3 @@ class Backend:
 
     def close(self) -> None:
         """Release what `prepare` took."""
-
-
-# name -> "module:class"; imported only when chosen (the ray backend imports Ray)
-BACKENDS = {
-    "ray": "tunetrain.tuning.ray.backend:RayBackend",
-    "optuna": "tunetrain.tuning.optuna:OptunaBackend",
-}
-
-
-def backend_class(name: str) -> type[Backend]:
-    """The Backend subclass `name` names (`search.backend`, already checked against `BACKENDS`)."""
-    module, _, attr = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)

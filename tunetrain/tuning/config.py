@@ -39,14 +39,19 @@ from typing import TYPE_CHECKING, Any
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
 from tunetrain.parsing import parse_float, parse_int
-from tunetrain.tuning import backend, components
+from tunetrain.tuning import components
 from tunetrain.tuning.components import grid_problem
 
 if TYPE_CHECKING:
     from tunetrain.args import TrainingArguments
     from tunetrain.space import SearchSpace
 
-BACKENDS = tuple(backend.BACKENDS)
+# `search.backend` -> "module:class" of its `tunetrain.tuning.backend.Backend`, imported only when chosen (the ray
+# backend imports Ray)
+BACKENDS = {
+    "ray": "tunetrain.tuning.ray.backend:RayBackend",
+    "optuna": "tunetrain.tuning.optuna:OptunaBackend",
+}
 MODES = ("max", "min")
 SAMPLERS = tuple(components.SAMPLERS)
 SCHEDULERS = tuple(components.SCHEDULERS)
@@ -171,15 +176,22 @@ class SearchConfig:
 
     @classmethod
     def from_dict(
-        cls, raw: Mapping[str, Any] | None, *, space: SearchSpace, args: TrainingArguments, where: str = "search"
+        cls,
+        raw: Mapping[str, Any] | None,
+        *,
+        space: SearchSpace,
+        args: TrainingArguments,
+        where: str = "search",
+        with_run: bool = True,
     ) -> SearchConfig:
         """Check the raw `search:` mapping (None or {} takes every default) against the space and the run's args.
 
         Besides each value's own rule: the grid sampler needs a finite space without conditions; every point of
-        `points_to_evaluate` must fit the space, and there must be no more of them than trials; a search needs
-        evaluations (`train.eval_strategy` not `no`); a GPU cannot go with `train.use_cpu`; `address` needs the ray
-        backend. A metric or mode set here wins over `train.metric_for_best_model` / `greater_is_better` inside the
-        trials (a trial's objective is its best evaluation, so the backends judge "best" by the search's metric).
+        `points_to_evaluate` must fit the space, and there must be no more of them than trials; `address` needs the
+        ray backend. With `with_run` (a search is about to run the section), also against the run: a search needs
+        evaluations (`train.eval_strategy` not `no`), and a GPU cannot go with `train.use_cpu`. A metric or mode set
+        here wins over `train.metric_for_best_model` / `greater_is_better` inside the trials (a trial's objective is
+        its best evaluation, so the backends judge "best" by the search's metric).
         """
         if raw is None:
             raw = {}
@@ -191,7 +203,9 @@ class SearchConfig:
         values = _search_values({key: raw[key] for key in _FIELDS if key in raw}, where, problems)
         settings = {**_fields_of(SearchConfig()), **values}
         settings["points_to_evaluate"] = _checked_points(settings["points_to_evaluate"], space, where, problems)
-        problems += _conflicts(settings, space, args, where)
+        problems += _conflicts(settings, space, where)
+        if with_run:
+            problems += _conflicts_with_run(settings, space, args, where)
         _raise_if(problems)
         metric, mode = _objective(settings["metric"], settings["mode"], args)
         return cls(**{**settings, "metric": metric, "mode": mode})
@@ -247,7 +261,7 @@ def with_cli_overrides(
 def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
     """Each value of `raw` (keys of SearchConfig) checked and normalized; `_INVALID` for those that fail."""
     parsers = {
-        "backend": lambda value, path: _choice(value, path, problems, BACKENDS),
+        "backend": lambda value, path: _choice(value, path, problems, tuple(BACKENDS)),
         "metric": lambda value, path: _metric(value, path, problems),
         "mode": lambda value, path: None if value is None else _choice(value, path, problems, MODES),
         "num_trials": lambda value, path: _integer(value, path, problems, minimum=1),
@@ -463,8 +477,8 @@ def _checked_points(points: Any, space: SearchSpace, where: str, problems: list[
     return checked if len(checked) == len(points) else _INVALID
 
 
-def _conflicts(settings: Mapping[str, Any], space: SearchSpace, args: TrainingArguments, where: str) -> list[str]:
-    """What the section gets wrong with the space or the run; a value that failed its own check is not used."""
+def _conflicts(settings: Mapping[str, Any], space: SearchSpace, where: str) -> list[str]:
+    """What the section gets wrong in itself or with the space; a value that failed its own check is not used."""
     valid = {key: value for key, value in settings.items() if value is not _INVALID}
     problems = []
     if valid.get("sampler") == "grid" and (problem := grid_problem(space, where)) is not None:
@@ -476,7 +490,17 @@ def _conflicts(settings: Mapping[str, Any], space: SearchSpace, args: TrainingAr
         )
     if valid.get("address") is not None and valid.get("backend") == "optuna":
         problems.append(f"`{where}.address` names a Ray cluster, but the backend is optuna (in-process): drop one")
-    resources = valid.get("resources_per_trial")
+    return problems
+
+
+def _conflicts_with_run(
+    settings: Mapping[str, Any], space: SearchSpace, args: TrainingArguments, where: str
+) -> list[str]:
+    """What running the section's search would get wrong with the run's TrainingArguments."""
+    problems = []
+    resources = settings.get("resources_per_trial")
+    if resources is _INVALID:
+        resources = None
     if resources is not None and resources.gpu > 0 and args.use_cpu and "use_cpu" not in space:
         problems.append(f"`{where}.resources_per_trial.gpu` is {resources.gpu}, but `train.use_cpu` is true")
     if args.eval_strategy == "no" and "eval_strategy" not in space:

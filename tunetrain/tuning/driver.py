@@ -9,6 +9,7 @@ an unfinished search, shows a finished one, and starts over with `restart=True`.
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import time
@@ -19,11 +20,11 @@ from tunetrain.errors import ConfigError, StorageError
 from tunetrain.experiment import Experiment, experiment_from_dict, load_experiment
 from tunetrain.results import read_results
 from tunetrain.storage import ExperimentDir
-from tunetrain.tuning.backend import backend_class
-from tunetrain.tuning.config import SearchConfig, with_cli_overrides
+from tunetrain.tuning.config import BACKENDS, SearchConfig, with_cli_overrides
 
 if TYPE_CHECKING:
     from tunetrain.results import SearchResult
+    from tunetrain.tuning.backend import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ def _run(
         runner.close()
     exp_dir.write_state({**(exp_dir.read_state() or {}), "status": "finished", "finished_at": time.time()})
     return result
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend subclass `search.backend` names (imported now: the ray backend imports Ray)."""
+    module, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _as_storage_error(exc: Exception, exp_dir: ExperimentDir) -> StorageError | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.task import load_task
 from tunetrain.tuning.components import SCHEDULERS
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ def evaluation_budget(args: TrainingArguments, steps_per_epoch: int | None) -> i
 
 def steps_per_epoch(experiment: Experiment) -> int:
     """Optimizer steps in one epoch of the experiment's task (loads the task in this process)."""
-    from tunetrain.task import load_task
-
     args = experiment.train
     batches = math.ceil(len(load_task(experiment.task).train_dataset) / args.per_device_train_batch_size)
     return math.ceil(batches / args.gradient_accumulation_steps)

@@ -59,14 +59,11 @@ class RayBackend(Backend):
 
     def run(self, *, resume: bool) -> SearchResult:
         """Run (or, with `resume`, continue) the search; returns what results.parquet holds."""
-        search_state = SearchState()
         trainable = self._trainable()
         if resume:
-            path, filesystem = state.location(self.exp_dir)
-            state.repair_ray_state(self.exp_dir)
-            state.mend_tokens(self.exp_dir)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+            tuner = self._restore(trainable)
         else:
+            search_state = SearchState()  # one per search; a restored search unpickles its own (see search_state)
             tuner = tune.Tuner(
                 trainable, tune_config=self._tune_config(search_state), run_config=self._run_config(search_state)
             )
@@ -84,6 +81,19 @@ class RayBackend(Backend):
         if running or missing:
             raise KeyboardInterrupt(f"{running} trial(s) left running")
         return result
+
+    def _restore(self, trainable: Any) -> tune.Tuner:
+        """The Tuner Ray saved, its state repaired first (a snapshot cut short, token checkpoints deleted early)."""
+        path, filesystem = state.location(self.exp_dir)
+        state.repair_ray_state(self.exp_dir)
+        state.mend_tokens(self.exp_dir)
+        try:
+            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+        except (AttributeError, ImportError) as exc:  # its pickles name classes this version does not have
+            raise ConfigError(
+                f"Ray's saved state of this search names code this version of tunetrain does not have ({exc}): "
+                "finish it with the version that started it, or start it over with --restart"
+            ) from None
 
     def close(self) -> None:
         if self.started_ray:

@@ -12,6 +12,7 @@ import ray
 
 from tunetrain.errors import ConfigError
 from tunetrain.storage import is_file, resolve_storage, write_whole
+from tunetrain.storage.layout import STORAGE_CHECK_PREFIX
 
 if TYPE_CHECKING:
     from tunetrain.storage import ExperimentDir
@@ -109,7 +110,7 @@ def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:
     """A marker the driver writes must be readable from every node, or trials could not save or resume."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    marker = f"{exp_dir.path}/.storage-check-{uuid.uuid4().hex}"
+    marker = f"{exp_dir.path}/{STORAGE_CHECK_PREFIX}{uuid.uuid4().hex}"
     write_whole(exp_dir.filesystem, marker, b"tunetrain")
     try:
         check = ray.remote(num_cpus=0)(_can_read)

@@ -1,8 +1,10 @@
 """`SearchState`: what the scheduler, the searcher and the bookkeeper of one Ray search tell each other.
 
 All three live in the driver process and are built with the same object (no module globals: two searches in one
-process keep their own). Ray pickles the three together into the Tuner's state, which keeps them sharing one after
-a restore; a state pickles as an empty one, so a restored search starts with a fresh state, as a new one does.
+process keep their own). Ray pickles the three together into the Tuner's state (tuner.pkl), which keeps them
+sharing one after a restore; it then restores the searcher's own state separately, by replacing its `__dict__`,
+which `PrunedAwareOptunaSearch.restore` undoes for this one attribute. A state pickles as an empty one, so a
+restored search starts with a fresh state, as a new one does.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from ray import tune
 
 from tunetrain.errors import StorageError
 from tunetrain.storage import is_file, read_bytes, write_whole
-from tunetrain.storage.layout import RAY_BACKUP_DIR, TOKEN_NAME
+from tunetrain.storage.layout import DAMAGED_SUFFIX, RAY_BACKUP_DIR, TOKEN_NAME
 
 if TYPE_CHECKING:
     from tunetrain.storage import ExperimentDir
@@ -121,7 +121,7 @@ def repair_ray_state(exp_dir: ExperimentDir) -> None:
     logger.warning("Ray's saved state %s was cut short (a full disk, or a kill): resuming from its backup", newest[0])
     for name in newest:
         if is_file(filesystem, f"{path}/{name}"):
-            filesystem.move(f"{path}/{name}", f"{path}/{name}.damaged")
+            filesystem.move(f"{path}/{name}", f"{path}/{name}{DAMAGED_SUFFIX}")
     for name in _ray_state_files(backup[-1]):
         if is_file(filesystem, f"{path}/{RAY_BACKUP_DIR}/{name}"):
             write_whole(filesystem, f"{path}/{name}", read_bytes(filesystem, f"{path}/{RAY_BACKUP_DIR}/{name}"))
