@@ -162,3 +162,15 @@ def test_an_experiment_built_by_hand_must_hold_parsed_sections():
         Experiment(name="x", task="m:t", train={"num_train_epochs": 2})
     built = Experiment(name="x", task="m:t", train=TrainingArguments(num_train_epochs=2))
     assert built.to_dict() == {"name": "x", "task": "m:t", "train": {"num_train_epochs": 2}}
+
+
+def test_a_search_section_is_checked_against_the_run_only_by_a_search(tmp_path):
+    from tunetrain import search
+
+    raw = {"name": "fit", "task": "m:t", "train": {"eval_strategy": "no"}, "search": {"num_trials": 2}}
+    raw["space"] = {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1}}
+    experiment = experiment_from_dict(raw)  # a final fit without evaluation: the search section is not run
+    assert experiment.search.num_trials == 2
+    with pytest.raises(ConfigError, match=r"`search` judges trials by their evaluations, but `train.eval_strategy`"):
+        search(experiment, storage=str(tmp_path))
+    assert not (tmp_path / "fit").exists()
