@@ -1,28 +1,33 @@
 """A search of a slowed tiny task through the real CLI, for the tests that kill it, interrupt it or move it.
 
 Each trial trains 60 steps (4 epochs of 15, a checkpoint at each epoch) at ~80 ms a step, and every model
-instance logs which host trained how many steps, so a test can tell whether a trial was rerun, or resumed from a
-checkpoint (and where).
+instance logs which host trained it from which step how many steps (the model counts its steps in a buffer that
+its checkpoints save), so a test can tell whether a trial was rerun, or resumed from a checkpoint (and which).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from conftest import ROOT, TESTS
 
+from tunetrain import checkpoint as ckpt
 from tunetrain.results import read_results
 
 STEPS = 60  # a trial's whole run
 EPOCH = 15  # steps between checkpoints
 
 SLOW_TASK = '''
-import os, sys, time, warnings
+import os, sys, time, uuid, warnings
 sys.path.insert(0, {tests!r})
 import ray, torch
 from ray import tune
@@ -30,23 +35,29 @@ import tiny_task
 
 class Slow(torch.nn.Module):
     """The tiny model, slowed to ~80 ms a training step (and `save_delay` s a checkpoint); logs which host trained
-    how many steps of this instance, in a log of its trial."""
+    this instance from which step how many steps, in a log of its trial."""
     def __init__(self, params):
         super().__init__()
         self.inner = tiny_task.model_init({{"hidden": params.get("hidden", 8), "dropout": 0.0}})
+        # the steps trained over every run of the trial: a checkpoint saves it, a resumed run loads it
+        self.register_buffer("trained", torch.zeros((), dtype=torch.long))
         with warnings.catch_warnings():  # built outside a trial (loading an export): no trial id, and a warning
             warnings.simplefilter("ignore")
             trial = tune.get_context().get_trial_id()
         self.log = os.path.join({logs!r}, "trial-%s.log" % trial)
-        self.name = "%s-%s" % (os.getpid(), id(self))
+        self.name = "%s-%s" % (os.getpid(), uuid.uuid4().hex[:12])
         self.node = ray.util.get_node_ip_address()
+        self.start = None
         self.steps = 0
     def forward(self, x):
         if self.training:
+            if self.start is None:  # the step of the checkpoint this run resumed from (0: none)
+                self.start = int(self.trained)
+            self.trained += 1
             self.steps += 1
             time.sleep(0.08)
             with open(self.log, "a") as log:
-                log.write(f"{{self.name}} {{self.node}} {{self.steps}}\\n")
+                log.write(f"{{self.name}} {{self.node}} {{self.start}} {{self.steps}}\\n")
         return self.inner(x)
     def state_dict(self, *args, **kwargs):
         time.sleep({save_delay})  # a kill often lands in the middle of writing a checkpoint
@@ -94,15 +105,81 @@ def slow_search(tmp_path: Path, *, save_delay: float = 0.0, **search: Any) -> tu
     return logs, write_experiment(tmp_path, f"{task_file}:task", **search)
 
 
-def runs_of(logs: Path, trial_id: str) -> list[tuple[str, int]]:
-    """(host, steps trained) of each model instance of a trial, in the order they started."""
+def _instances(logs: Path, trial_id: str) -> list[tuple[str, int, int]]:
+    """(host, step it started from, steps trained) of each model instance of a trial, in the order they started."""
     log = logs / f"trial-{trial_id}.log"
-    last: dict[str, tuple[str, int]] = {}
+    last: dict[str, tuple[str, int, int]] = {}
     if log.exists():
         for line in log.read_text().splitlines():
-            name, node, step = line.split()
-            last[name] = (node, int(step))
+            name, node, start, steps = line.split()
+            last[name] = (node, int(start), int(steps))
     return list(last.values())
+
+
+def runs_of(logs: Path, trial_id: str) -> list[tuple[str, int]]:
+    """(host, steps trained) of each model instance of a trial, in the order they started."""
+    return [(node, steps) for node, _, steps in _instances(logs, trial_id)]
+
+
+def spans_of(logs: Path, trial_id: str) -> list[tuple[int, int]]:
+    """(first step, last step) of each run of a trial (a model instance that trained), in the order they started."""
+    return [(start, start + steps) for _, start, steps in _instances(logs, trial_id)]
+
+
+def checkpoints_left(exp_dir: Path, logs: Path) -> dict[str, tuple[int, int]]:
+    """While no search runs on a local experiment dir: {trial id: (its runs so far, the step of the latest complete
+    checkpoint in its dir, 0 for none)}. Its next run must start at that step."""
+    trial_ids = {log.stem[len("trial-") :] for log in logs.glob("trial-*.log")}
+    trial_ids |= {path.name for path in (exp_dir / "trials").glob("*") if path.is_dir()}
+    left = {}
+    for trial_id in trial_ids:
+        latest = ckpt.find_latest(exp_dir / "trials" / trial_id)
+        left[trial_id] = (len(spans_of(logs, trial_id)), ckpt.checkpoint_step(latest) if latest else 0)
+    return left
+
+
+def check_runs(
+    logs: Path, trial_id: str, *, left: Sequence[tuple[int, int]] = (), completed: bool = True
+) -> list[tuple[int, int]]:
+    """Each run of the trial started at the latest complete checkpoint the run before it left, and the first at
+    step 0; returns the runs' (first step, last step).
+
+    A run that trained past a checkpoint's step had written it whole (the save comes before the next step). One
+    killed right at a checkpoint's step may have died writing it: the next run starts there or at the checkpoint
+    before; `left` (what `checkpoints_left` saw at each kill: runs so far, latest step) settles which, exactly."""
+    spans = spans_of(logs, trial_id)
+    where = (trial_id, spans)
+    assert spans and spans[0][0] == 0, where
+    for (start, end), (next_start, _) in itertools.pairwise(spans):
+        last = end // EPOCH * EPOCH
+        possible = {last, last - EPOCH} if end == last >= EPOCH else {last}
+        assert start < end and next_start in possible, where
+    for runs_before, latest in left:
+        if runs_before < len(spans):  # the trial ran again after that kill
+            assert spans[runs_before][0] == latest, (where, left)
+    if completed:
+        assert spans[-1][1] == STEPS, where
+    return spans
+
+
+def kill_search(driver: Any, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the driver's process group (the driver and the local Ray it started), then wait until every
+    process the driver had started has exited: Ray's trial workers are outside the group (seen here: two
+    `ray::ImplicitFunc.train` outlive the driver) and live on until they notice, finishing a checkpoint meanwhile.
+    Only then is what the search left on disk final. Any still there after a minute are killed."""
+    import psutil
+
+    try:
+        started = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.Error:  # the driver already ended
+        started = []
+    os.killpg(driver.pid, sig)
+    driver.wait()
+    _, alive = psutil.wait_procs(started, timeout=60)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def wait_until_partway(exp_path: str, driver: Any, *, finished: int, filesystem: Any = None) -> dict[str, float]:
@@ -124,34 +201,21 @@ def wait_until_partway(exp_path: str, driver: Any, *, finished: int, filesystem:
     return {}
 
 
-def check_resumed(logs: Path, results: Any, done_before: dict[str, float]) -> None:
-    """Every completed trial trained its 60 steps once; one the kill interrupted resumed from a checkpoint (a
-    multiple of the 15 steps an epoch), not from step 0; trials that had ended were not run again."""
+def check_resumed(
+    logs: Path, results: Any, done_before: dict[str, float], left: dict[str, tuple[int, int]] | None = None
+) -> None:
+    """Every completed trial trained its 60 steps once; every one the kill interrupted resumed from its own latest
+    complete checkpoint (`check_runs`; exactly the one its dir held, given `left` from `checkpoints_left` after the
+    kill), and at least one from a checkpoint, not from step 0; trials that had ended were not run again."""
     ended_at = {t.trial_id: t.ended_at for t in results.trials}
     assert all(ended_at[trial_id] == ended for trial_id, ended in done_before.items())
     resumed = []
     for trial in results.trials:
-        steps = [steps for _, steps in runs_of(logs, trial.trial_id)]
-        if trial.trial_id in done_before or len(steps) == 1:
-            assert steps == [STEPS], (trial.trial_id, steps)
-        else:
-            resumed.append(steps[-1])
+        kill = [left[trial.trial_id]] if left and trial.trial_id in left else []
+        spans = check_runs(logs, trial.trial_id, left=kill)
+        if trial.trial_id in done_before:
+            assert spans == [(0, STEPS)], (trial.trial_id, spans)
+        elif len(spans) > 1:
+            resumed.append(spans)
     assert resumed, "no trial was interrupted"
-    assert any(0 < steps < STEPS and (STEPS - steps) % EPOCH == 0 for steps in resumed), resumed
-
-
-def resume_points(steps_of_runs: list[int]) -> set[int]:
-    """The steps a trial's last run may have resumed from, given the steps each of its runs trained: a run killed
-    after step `end` resumes from the last checkpoint at or before it, or the one before that when the kill landed
-    while that checkpoint was being written (its evaluation and save come right after step `end`)."""
-    starts = {0}
-    for steps in steps_of_runs[:-1]:
-        after = set()
-        for start in starts:
-            end = start + steps
-            last = end // EPOCH * EPOCH
-            after.add(last)
-            if end == last and last >= EPOCH:
-                after.add(last - EPOCH)
-        starts = after
-    return starts
+    assert any(spans[-1][0] > 0 for spans in resumed), resumed

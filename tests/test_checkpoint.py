@@ -157,3 +157,102 @@ def test_weights_only_load_restores_model_optimizer_schedule_and_rngs(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.LayerNorm(5))
     with pytest.raises(CheckpointError, match=r"from a different model: '0\.(weight|bias)' has shape \(4"):
         ckpt.load_weights(other, path)
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------------------------------
+
+
+def _cut_in_half(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+class _Planted:
+    """Unpickled, it opens (so creates) `marker` for writing: what a pickle planted in a checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        (ckpt.WEIGHTS_NAME, _cut_in_half, r"weights '.*model\.safetensors' cannot be read: .*header"),
+        (ckpt.WEIGHTS_NAME, lambda f: f.write_bytes(b"garbage" * 9), r"weights '.*model\.safetensors' cannot be read"),
+        (ckpt.OPTIMIZER_NAME, _cut_in_half, r"'.*optimizer\.pt' is damaged"),
+        (ckpt.SCHEDULER_NAME, lambda f: f.write_bytes(b""), r"'.*scheduler\.pt' is damaged"),
+        (ckpt.RNG_STATE_NAME, lambda f: f.write_bytes(b"garbage"), r"'.*rng_state\.pt' is damaged"),
+        (ckpt.TRAINER_STATE_NAME, _cut_in_half, r"unreadable trainer_state\.json"),
+        (ckpt.TRAINER_STATE_NAME, lambda f: f.write_text("[1, 2]"), r"unreadable trainer_state\.json"),
+        (ckpt.PARAMS_NAME, lambda f: f.write_bytes(b"\xff\xfe{"), r"unreadable params\.json"),
+    ],
+)
+def test_check_checkpoint_reads_every_file_and_names_the_damaged_one(tmp_path, name, damage, message):
+    path = _save(tmp_path, 3)
+    damage(path / name)
+    with pytest.raises(CheckpointError, match=message) as raised:
+        ckpt.check_checkpoint(path)
+    assert "\n" not in str(raised.value)
+    assert "earlier checkpoint" in str(raised.value)  # and what to do about it
+
+
+def test_the_latest_usable_checkpoint_skips_a_damaged_one_says_so_and_keeps_it(tmp_path, caplog):
+    for step in (2, 4, 6):
+        _save(tmp_path, step)
+    weights = (tmp_path / "checkpoint-6" / ckpt.WEIGHTS_NAME).read_bytes()
+    _cut_in_half(tmp_path / "checkpoint-6" / ckpt.WEIGHTS_NAME)
+    with caplog.at_level("WARNING", logger="tunetrain.checkpoint"):
+        assert ckpt.find_latest_usable(tmp_path) == tmp_path / "checkpoint-4"
+    (warning,) = caplog.messages
+    assert re.match(
+        rf"checkpoint '{tmp_path / 'checkpoint-6'}' cannot be resumed from: weights .* cannot be read: .*; it is "
+        rf"kept, as checkpoint-6\.damaged, for you to look at; resuming from '{tmp_path / 'checkpoint-4'}' instead$",
+        warning,
+    )
+    # moved aside whole, never deleted: no longer listed, rotated, or overwritten by a save of step 6
+    kept = tmp_path / f"checkpoint-6{ckpt.DAMAGED_SUFFIX}"
+    assert len((kept / ckpt.WEIGHTS_NAME).read_bytes()) == len(weights) // 2
+    assert _names(ckpt.list_checkpoints(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
+    _save(tmp_path, 6)
+    assert kept.is_dir() and ckpt.find_latest_usable(tmp_path) == tmp_path / "checkpoint-6"
+
+    # damaged at step 6 again: the second copy is kept beside the first
+    _cut_in_half(tmp_path / "checkpoint-6" / ckpt.OPTIMIZER_NAME)
+    for path in ckpt.list_checkpoints(tmp_path):
+        (path / ckpt.RNG_STATE_NAME).write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tunetrain.checkpoint"):
+        assert ckpt.find_latest_usable(tmp_path) is None
+    assert len(caplog.messages) == 3
+    assert all(
+        m.endswith(f"no usable checkpoint is left in '{tmp_path}': the run starts from step 0") for m in caplog.messages
+    )
+    assert (tmp_path / f"checkpoint-6{ckpt.DAMAGED_SUFFIX}-2").is_dir()
+    assert ckpt.find_latest_usable(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("name", [ckpt.OPTIMIZER_NAME, ckpt.SCHEDULER_NAME, ckpt.RNG_STATE_NAME])
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_a_pickle_planted_in_a_checkpoint_is_refused_and_never_runs(tmp_path, name, how):
+    import pickle
+
+    path = _save(tmp_path, 3)
+    marker = tmp_path / "marker"
+    if how == "torch.save":  # the zip archive torch.save writes, holding an object that runs code when unpickled
+        torch.save({"state": _Planted(marker), "param_groups": []}, path / name)
+    else:
+        (path / name).write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(CheckpointError) as checked:
+        ckpt.check_checkpoint(path)
+    _, optimizer, scheduler = _parts(seed=1)
+    with pytest.raises(CheckpointError) as loaded:
+        ckpt.load_training_state(
+            path, optimizer=optimizer, scheduler=scheduler, scaler=None, device=torch.device("cpu")
+        )
+    assert not marker.exists()  # first: whatever the errors say, the planted object never ran
+    refused = "holds objects other than tensors" if how == "torch.save" else "is damaged: not the zip archive"
+    for err in (checked, loaded):
+        assert f"'{path / name}' {refused}" in str(err.value)

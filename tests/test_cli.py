@@ -106,6 +106,23 @@ def test_bad_input_in_process(tmp_path, capsys, extra, message):
     assert err.strip().splitlines()[-1].startswith("tunetrain: error: ")
 
 
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["export", "runs/x", "--out", "best", "--top-k", "0"], "0"),
+        (["export", "runs/x", "--out", "best", "--top-k", "-1"], "-1"),
+        (["report", "runs/x", "--top-k", "0"], "0"),
+        (["report", "runs/x", "--top-k", "two"], "'two'"),
+    ],
+)
+def test_top_k_must_be_a_whole_number_from_one(capsys, argv, shown):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"tunetrain: error: argument --top-k: is {shown}, but must be a whole number >= 1\n"
+
+
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["train"])

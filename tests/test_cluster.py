@@ -27,7 +27,7 @@ from slow_search import EPOCH, STEPS, cli, runs_of, slow_search
 
 from tunetrain.results import read_results
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 HEAD, WORKER = "10.77.0.1", "10.77.0.2"
 PORT = 6379

@@ -174,3 +174,103 @@ def test_a_search_section_is_checked_against_the_run_only_by_a_search(tmp_path):
     with pytest.raises(ConfigError, match=r"`search` judges trials by their evaluations, but `train.eval_strategy`"):
         search(experiment, storage=str(tmp_path))
     assert not (tmp_path / "fit").exists()
+
+
+# a valid spec for each field a search sets itself: refused for what it names, not for its values
+SET_BY_THE_SEARCH = {
+    "output_dir": {"type": "categorical", "choices": ["a", "b"]},
+    "logging_dir": {"type": "categorical", "choices": ["a", "b"]},
+    "report_to": {"type": "categorical", "choices": ["tensorboard", "none"]},
+    "disable_tqdm": {"type": "categorical", "choices": [True, False]},
+    "save_strategy": {"type": "categorical", "choices": ["steps", "epoch"]},
+    "save_steps": {"type": "int", "low": 10, "high": 100},
+    "save_total_limit": {"type": "int", "low": 1, "high": 3},
+    "load_best_model_at_end": {"type": "categorical", "choices": [True, False]},
+    "metric_for_best_model": {"type": "categorical", "choices": ["loss", "accuracy"]},
+    "greater_is_better": {"type": "categorical", "choices": [True, False]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SET_BY_THE_SEARCH))
+def test_a_field_the_search_sets_for_each_trial_cannot_be_searched(name):
+    raw = {"name": "x", "task": "m:t", "space": {name: SET_BY_THE_SEARCH[name]}}
+    with pytest.raises(ConfigError, match=rf"^`space.{name}` is not a hyperparameter: .+; remove it from the space"):
+        experiment_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"num_train_epochs": {"type": "categorical", "choices": ["two", "three"]}},
+         r"`space.num_train_epochs.choices` is 'two' \(str\), but must be a float"),
+        ({"learning_rate": {"type": "categorical", "choices": [0.1, "fast"]}},
+         r"`space.learning_rate.choices` is 'fast' \(str\), but must be a float"),
+        ({"per_device_train_batch_size": {"type": "float", "low": 8, "high": 64}},
+         r"`space.per_device_train_batch_size` is a float param, but TrainingArguments.per_device_train_batch_size "
+         r"is an int: use type: int"),
+        ({"max_steps": {"type": "categorical", "choices": [10, 2.5]}},
+         r"`space.max_steps.choices` is 2.5 \(float\), but must be a int"),
+        ({"fp16": {"type": "int", "low": 0, "high": 1}}, r"`space.fp16.low` is 0 \(int\), but must be a bool"),
+        ({"optim": {"type": "categorical", "choices": ["adamw", "adagrad"]}},
+         r"`space.optim.choices` is 'adagrad', but must be one of adamw \| adam \| sgd"),
+        ({"eval_strategy": {"type": "categorical", "choices": ["epoch", "often"]}},
+         r"`space.eval_strategy.choices` is 'often', but must be one of no \| steps \| epoch"),
+        ({"learning_rate": {"type": "float", "low": -0.1, "high": 0.1}},
+         r"`space.learning_rate.low` is -0.1, but must be >= 0"),
+        ({"per_device_train_batch_size": {"type": "int", "low": 0, "high": 64}},
+         r"`space.per_device_train_batch_size.low` is 0, but must be >= 1"),
+        ({"momentum": {"type": "float", "low": 0.5, "high": 1.5}}, r"`space.momentum.high` is 1.5, but must be in"),
+    ],
+)  # fmt: skip
+def test_a_param_that_sets_a_training_argument_is_checked_against_that_field(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_dict({"name": "x", "task": "m:t", "space": spec})
+
+
+def test_params_that_set_training_arguments_in_their_fields_own_terms_load():
+    space = {
+        "num_train_epochs": {"type": "int", "low": 1, "high": 4},  # an int param for a float field
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16.0]},  # a whole float is an int
+        "eval_strategy": {"type": "categorical", "choices": [False, "epoch"]},  # YAML reads a bare `no` as false
+        "eval_steps": {"type": "categorical", "choices": [None, 5]},  # a field that takes null
+        "optim": {"type": "categorical", "choices": ["adamw", "sgd"]},
+        "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optim": "sgd"}},  # only with sgd
+        "fp16": {"type": "categorical", "choices": [False, True]},
+        "seed": {"type": "int", "low": 0, "high": 3},
+        "hidden": {"type": "int", "low": 4, "high": 32},  # the model's, not a field: anything goes
+    }
+    experiment = experiment_from_dict({"name": "x", "task": "m:t", "space": space})
+    assert experiment.space.names == list(space)
+
+
+def test_every_problem_with_the_space_params_that_set_fields_is_reported_together():
+    space = {
+        "output_dir": {"type": "categorical", "choices": ["a", "b"]},
+        "num_train_epochs": {"type": "categorical", "choices": ["two", "three"]},
+        "fp16": {"type": "int", "low": 0, "high": 1},
+    }
+    with pytest.raises(ConfigError) as caught:
+        experiment_from_dict({"name": "x", "task": "m:t", "space": space})
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in ("`space.output_dir` is not a hyperparameter", "`space.num_train_epochs.choices`", "`space.fp16.low`"):
+        assert part in message
+
+
+def test_training_arguments_check_value_uses_the_fields_own_rules():
+    args = TrainingArguments(output_dir="/tmp/unused", max_steps=100)
+    assert args.check_value("num_train_epochs", 2) == 2.0
+    assert args.check_value("num_train_epochs", 0) == 0.0  # max_steps > 0: the epochs do not count here
+    assert args.check_value("eval_strategy", False) == "no"
+    with pytest.raises(ConfigError, match=r"^`space.seed` is 'x' \(str\), but must be a int$"):
+        args.check_value("seed", "x", where="space.seed")
+    with pytest.raises(ConfigError, match=r"^`lr_scheduler_type` is 'cyclic', but must be one of linear"):
+        args.check_value("lr_scheduler_type", "cyclic")
+    with pytest.raises(ConfigError, match=r"^`learning_rat` is not a TrainingArguments field \(did you mean"):
+        args.check_value("learning_rat", 0.1)
+    assert args.max_steps == 100 and args.num_train_epochs == 3.0  # the object itself is left as it was
+    quiet = TrainingArguments(logging_strategy="no", logging_steps=0)  # eval_steps follows it: 0, never checked
+    assert quiet.check_value("learning_rate", 0.1) == 0.1
+    with pytest.raises(ConfigError, match=r"^`logging_strategy` is 'steps', which these arguments refuse: `logging_"):
+        quiet.check_value("logging_strategy", "steps")

@@ -17,7 +17,7 @@ from tunetrain import checkpoint as ckpt
 from tunetrain.cli import main
 from tunetrain.results import read_results
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 
 @contextlib.contextmanager

@@ -18,6 +18,10 @@ from tunetrain.experiment import experiment_from_dict
 TASK = "tunetrain.tasks.mnist1d:mlp"
 HEAD = f"name: x\ntask: {TASK}\n"
 SPACE = "space:\n  learning_rate: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+# a file that trains and searches (2 steps, one in-process trial) but for the space param after it: refused
+# before anything starts, not by the trial
+RUNS = HEAD + "train: {max_steps: 2, eval_strategy: steps, eval_steps: 1, report_to: none}\n"
+RUNS += "search: {backend: optuna, num_trials: 1}\n" + SPACE
 
 # nine levels of nine aliases: 9**9 (387 million) strings, held by reference
 ALIAS_BOMB = "".join(
@@ -74,6 +78,31 @@ CASES = [
         "`space.lr.high`",
     ),
     ("space is a string", HEAD + "space: lots\n", "`space` is a str, but must be a mapping"),
+    (
+        "space searches output_dir",
+        RUNS + "  output_dir: {type: categorical, choices: [a, b]}\n",
+        "`space.output_dir` is not a hyperparameter: a search gives each trial its own dir",
+    ),
+    (
+        "space searches save_total_limit",
+        RUNS + "  save_total_limit: {type: int, low: 1, high: 3}\n",
+        "`space.save_total_limit` is not a hyperparameter",
+    ),
+    (
+        "space epochs as words",
+        RUNS + "  num_train_epochs: {type: categorical, choices: [two, three]}\n",
+        "`space.num_train_epochs.choices` is 'two' (str), but must be a float",
+    ),
+    (
+        "space float batch size",
+        RUNS + "  per_device_train_batch_size: {type: float, low: 8, high: 64}\n",
+        "`space.per_device_train_batch_size` is a float param, but TrainingArguments.per_device_train_batch_size",
+    ),
+    (
+        "space unknown optimizer",
+        RUNS + "  optim: {type: categorical, choices: [adamw, adagrad]}\n",
+        "`space.optim.choices` is 'adagrad', but must be one of adamw | adam | sgd",
+    ),
     ("params not a mapping", HEAD + "params: [1]\n", "`params` is a list, but must be a mapping"),
     ("params unknown to the model", HEAD + "params: {hiden_size: 8}\n", "`hiden_size` is not a param"),
     ("search unknown key", HEAD + SPACE + "search: {num_trails: 3}\n", "did you mean `num_trials`?"),
@@ -85,7 +114,8 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("command", ["train", "search"])
-def test_a_malformed_experiment_file_is_one_line_and_exit_2(tmp_path, capsys, command, text, expected):
+def test_a_malformed_experiment_file_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, command, text, expected):
+    monkeypatch.chdir(tmp_path)  # a `tunetrain train` that started would write to runs/x here
     path = tmp_path / "experiment.yaml"
     path.write_text(text, encoding="utf-8")
     code = main([command, str(path)] + (["--storage", str(tmp_path / "runs")] if command == "search" else []))
@@ -94,7 +124,7 @@ def test_a_malformed_experiment_file_is_one_line_and_exit_2(tmp_path, capsys, co
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("tunetrain: error: "), err
     assert "Traceback" not in err
-    if command == "train" or expected.startswith(("`search.", "did you mean `num_trials`")):
+    if command == "train" or text.startswith(RUNS) or expected.startswith(("`search.", "did you mean `num_trials`")):
         assert expected in lines[0], lines[0]  # a search may name another problem first (e.g. an empty space)
     assert not (tmp_path / "runs").exists()  # nothing written
 

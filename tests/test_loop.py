@@ -13,6 +13,7 @@ import torch
 
 from tunetrain import CheckpointError, ConfigError, SearchSpace, Task, Trainer, TrainingArguments, train
 from tunetrain import checkpoint as ckpt
+from tunetrain.reporting import Reporter
 
 
 def _args(tmp_path: Path, **overrides) -> TrainingArguments:
@@ -185,6 +186,128 @@ SPACE = SearchSpace.from_mapping(
         "dropout": {"type": "float", "low": 0.0, "high": 0.5},
     }
 )
+
+
+@pytest.fixture
+def cpu_grad_scaler(monkeypatch):
+    """An fp16 run on CPU gets the GradScaler accelerate gives an fp16 run on a GPU. On CPU, accelerate (1.x) gives
+    fp16 no scaler and no autocast, so the loop's scaler path (scale, unscale before clipping, step, update, and
+    `scaler.pt` saved and restored) runs here only with torch's CPU GradScaler put in its place; the real fp16 run
+    is `test_fp16_on_a_gpu_scales_its_losses_and_resumes_exactly`. The scale grows x2 every 3 steps."""
+    setup = Trainer._setup_accelerator
+
+    def with_scaler(self: Trainer, args: TrainingArguments) -> None:
+        setup(self, args)
+        if args.fp16 and self.accelerator.scaler is None:
+            self.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+            self._plain_backward = False  # accelerator.backward scales the loss when there is a scaler
+
+    monkeypatch.setattr(Trainer, "_setup_accelerator", with_scaler)
+
+
+def _scale(checkpoint: Path) -> float:
+    return torch.load(checkpoint / ckpt.SCALER_NAME, weights_only=True)["scale"]
+
+
+@pytest.mark.parametrize(("step", "accum"), [(18, 1), (6, 3)])
+def test_the_grad_scaler_is_saved_and_restored_with_each_checkpoint(tmp_path, tiny_task, cpu_grad_scaler, step, accum):
+    args = _args(tmp_path, fp16=True, gradient_accumulation_steps=accum, save_steps=6 if accum == 1 else 3)
+    full = Trainer(tiny_task, args)
+    full_out = full.train()
+    assert full.accelerator.scaler is not None
+    run = Path(args.output_dir)
+    for checkpoint in ckpt.list_checkpoints(run):  # one update a optimizer step, and each checkpoint holds it
+        assert _scale(checkpoint) == 2.0 ** (10 + ckpt.checkpoint_step(checkpoint) // 3)
+    out_dir = _resumed_copy(tmp_path, run, step)
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(out_dir)))
+    resumed.train(resume_from_checkpoint=True)
+    # the scale went on from the checkpoint's (a fresh scaler would have started again at 2**10)
+    assert resumed.accelerator.scaler.state_dict() == full.accelerator.scaler.state_dict()
+    assert resumed.accelerator.scaler.get_scale() == 2.0 ** (10 + full_out.global_step // 3)
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _losses(resumed) == _losses(full)
+
+
+def test_a_checkpoint_without_the_grad_scaler_does_not_resume_an_fp16_run(tmp_path, tiny_task, cpu_grad_scaler):
+    args = _args(tmp_path, num_train_epochs=1)
+    train(tiny_task, args)  # fp32: no scaler.pt
+    with pytest.raises(CheckpointError, match=r"checkpoint-12' has no scaler\.pt, but this run uses fp16"):
+        Trainer(tiny_task, args.replace(fp16=True)).train(resume_from_checkpoint=True)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="GPU check: needs a CUDA device (accelerate gives fp16 its GradScaler and autocast only on a GPU)",
+)
+def test_fp16_on_a_gpu_scales_its_losses_and_resumes_exactly(tmp_path, tiny_task):
+    args = _args(tmp_path, fp16=True)
+    full = Trainer(tiny_task, args)
+    full.train()
+    scaler = full.accelerator.scaler
+    assert isinstance(scaler, torch.amp.GradScaler) and full.accelerator.device.type == "cuda"
+    run = Path(args.output_dir)
+    assert all((c / ckpt.SCALER_NAME).is_file() for c in ckpt.list_checkpoints(run))
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(_resumed_copy(tmp_path, run, 18))))
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.accelerator.scaler.state_dict() == scaler.state_dict()
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+
+
+class _WeightsAtStart(Reporter):
+    """Copies the weights of `trainer`'s model when its run begins."""
+
+    trainer: Trainer
+    weights: dict[str, torch.Tensor]
+
+    def on_train_begin(self, args, state, params) -> None:
+        self.weights = _weights(self.trainer)
+
+
+def test_a_tasks_own_compute_loss_is_what_trains_and_evaluates(tmp_path):
+    calls = []
+
+    def no_loss(outputs, labels):  # a loss with no gradient: the weights must not move
+        calls.append((tuple(outputs.shape), labels.dtype))
+        return (outputs * 0.0).sum()
+
+    base = tiny_task.task()
+    task = Task(
+        model_init=base.model_init, train_dataset=base.train_dataset, eval_dataset=base.eval_dataset,
+        compute_loss=no_loss, compute_metrics=tiny_task.accuracy,
+    )  # fmt: skip
+    args = _args(tmp_path, num_train_epochs=1)
+    trainer = Trainer(task, args, reporters=[start := _WeightsAtStart()])
+    start.trainer = trainer
+    out = trainer.train()
+    before = start.weights
+    assert out.training_loss == 0.0
+    assert all(e["loss"] == 0.0 for e in _losses(trainer))
+    assert all(e["eval_loss"] == 0.0 for e in trainer.state.log_history if "eval_loss" in e)
+    assert calls and all(shape[1] == 4 and dtype == torch.long for shape, dtype in calls)  # logits, labels
+    assert len(calls) == 15 + 2 * 2  # 15 training steps, 2 evaluations of 2 batches (60 examples, 32 a batch)
+    after = _weights(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_with_dataloader_workers_is_bitwise_exact(tmp_path, tiny_task):
+    # found by this test: the loader drew its workers' base seed from the sampler's generator when it made an
+    # iterator (with persistent workers, the first epoch of a call), so a resumed run's later epochs saw other batches
+    args = _args(tmp_path, dataloader_num_workers=2)
+    full = Trainer(tiny_task, args)
+    full_out = full.train()
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(_resumed_copy(tmp_path, Path(args.output_dir), 18))))
+    resumed_out = resumed.train(resume_from_checkpoint=True)
+    assert resumed_out.global_step == full_out.global_step
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _losses(resumed) == _losses(full)
+    # and the workers change nothing: the same run as with the data loaded in the main process
+    alone = Trainer(tiny_task, args.replace(output_dir=str(tmp_path / "alone"), dataloader_num_workers=0))
+    alone.train()
+    alone_weights = _weights(alone)
+    assert all(torch.equal(full_weights[k], alone_weights[k]) for k in full_weights)
 
 
 def test_dict_and_optuna_trial_give_the_same_run(tmp_path, tiny_task):
@@ -449,3 +572,75 @@ def test_tunetrain_train_reports_a_diverged_run_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "tunetrain: error: the training loss became nan in steps 1-5; the run stopped"
     assert not any("Traceback" in line for line in err)
+
+
+# --- damaged checkpoints ---------------------------------------------------------------------------------------------
+
+
+def _cut_in_half(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_true_falls_back_past_a_damaged_latest_checkpoint_and_says_so(tmp_path, tiny_task, caplog):
+    args = _args(tmp_path)
+    full = Trainer(tiny_task, args)
+    full.train()
+    out_dir = _resumed_copy(tmp_path, Path(args.output_dir), 18)
+    shutil.copytree(Path(args.output_dir) / "checkpoint-24", out_dir / "checkpoint-24")
+    _cut_in_half(out_dir / "checkpoint-24" / ckpt.WEIGHTS_NAME)  # a kill or a full disk while it was copied
+
+    # named explicitly, a damaged checkpoint is an error in one line, never swapped for another
+    with pytest.raises(CheckpointError, match=r"weights '.*checkpoint-24/model\.safetensors' cannot be read") as err:
+        Trainer(tiny_task, args.replace(output_dir=str(out_dir))).train(
+            resume_from_checkpoint=str(out_dir / "checkpoint-24")
+        )
+    assert "\n" not in str(err.value)
+    # the latest: the complete one before it, with a warning naming both
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(out_dir)))
+    with caplog.at_level("WARNING", logger="tunetrain"):
+        resumed.train(resume_from_checkpoint=True)
+    (warning,) = [m for m in caplog.messages if "cannot be resumed from" in m]
+    assert str(out_dir / "checkpoint-24") in warning and warning.endswith(f"'{out_dir / 'checkpoint-18'}' instead")
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)  # still exact
+    assert (out_dir / f"checkpoint-24{ckpt.DAMAGED_SUFFIX}" / ckpt.WEIGHTS_NAME).is_file()  # kept for a look
+
+
+def test_resume_true_with_every_checkpoint_damaged_starts_over_with_a_warning(tmp_path, tiny_task, caplog):
+    args = _args(tmp_path, num_train_epochs=1)
+    train(tiny_task, args)
+    for path in ckpt.list_checkpoints(args.output_dir):
+        (path / ckpt.TRAINER_STATE_NAME).write_text("{")
+    with caplog.at_level("WARNING", logger="tunetrain"):
+        output = Trainer(tiny_task, args).train(resume_from_checkpoint=True)
+    assert output.global_step == 15 and output.metrics["train_samples"] == 240  # the whole run, from step 0
+    assert any(m.endswith("the run starts from step 0") for m in caplog.messages)
+
+
+@pytest.mark.parametrize("name", [ckpt.OPTIMIZER_NAME, ckpt.SCHEDULER_NAME, ckpt.RNG_STATE_NAME])
+def test_resume_refuses_a_pickle_planted_in_a_checkpoint_without_running_it(tmp_path, tiny_task, name):
+    # README, "Trust": checkpoints load without unpickling objects. This fails if checkpoint.py loads a .pt file
+    # with weights_only=False: the planted object then runs (the marker is created) as the file loads
+    args = _args(tmp_path, num_train_epochs=1)
+    train(tiny_task, args)
+    planted = Path(args.output_dir) / "checkpoint-12"
+    marker = tmp_path / "marker"
+    torch.save({"state": _Planted(marker), "param_groups": []}, planted / name)
+    with pytest.raises(CheckpointError) as err:
+        Trainer(tiny_task, args).train(resume_from_checkpoint=str(planted))
+    assert not marker.exists()  # first: whatever the error says, the planted object never ran
+    assert f"{planted / name}' holds objects other than tensors" in str(err.value) and "\n" not in str(err.value)
+    # the latest: refused the same way, and the run goes on from the checkpoint before it
+    assert Trainer(tiny_task, args).train(resume_from_checkpoint=True).global_step == 15
+    assert not marker.exists()
+
+
+class _Planted:
+    """Unpickled, it opens (so creates) `marker` for writing: what a pickle planted in a checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -213,6 +213,15 @@ def test_missing_dir(tmp_path: Path) -> None:
         summary_text(tmp_path / "nope")
 
 
+@pytest.mark.parametrize("top_k", [0, -3])
+def test_top_k_below_one_is_refused(experiment: Path, tmp_path: Path, top_k: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^`top_k` is {top_k}, but must be >= 1$"):
+        write_report(experiment, out_dir=tmp_path / "report", top_k=top_k)
+    with pytest.raises(ConfigError, match=rf"^`top_k` is {top_k}, but must be >= 1$"):
+        summary_text(experiment, top_k)
+    assert not (tmp_path / "report").exists()
+
+
 def test_dir_without_results(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"holds no search results \(no results.parquet\)$"):
         write_report(tmp_path)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from pyarrow import fs
+from pyarrow import parquet as pq
 
 from tunetrain.errors import ConfigError
 from tunetrain.results import ResultsBook, SearchResult, TrialRecord, read_history, read_results
@@ -223,6 +226,89 @@ def test_a_book_on_remote_storage_reads_back_through_its_filesystem(tmp_path):
     ]
 
 
+def _stored_checkpoints(experiment: Path) -> list[str | None]:
+    """`best_checkpoint` as results.parquet holds it, by trial number."""
+    return pq.read_table(experiment / "results.parquet").column("best_checkpoint").to_pylist()
+
+
+def test_checkpoints_are_kept_relative_to_the_experiment_dir_so_it_can_move(tmp_path):
+    exp = tmp_path / "exp"
+    book = _book(exp)
+    given = {
+        "t0": str(exp / "trials" / "t0" / "checkpoint-10"),  # inside: kept relative
+        "t1": str(tmp_path / "elsewhere" / "checkpoint-10"),  # outside: kept as it is
+        "t2": "s3://bucket/runs/other/trials/t2/checkpoint-10",  # a URI: kept as it is
+        "t3": None,  # no checkpoint yet
+    }
+    for number, (trial_id, checkpoint) in enumerate(given.items()):
+        book.start(trial_id, number, {})
+        book.report(trial_id, {"eval_accuracy": 0.5, "evaluation": 1, "step": 10}, checkpoint=checkpoint)
+    assert {t: r.best_checkpoint for t, r in book.trials.items()} == given  # the book keeps what it was given
+    book.flush(force=True)
+    assert _stored_checkpoints(exp) == ["trials/t0/checkpoint-10", given["t1"], given["t2"], None]
+    assert [t.checkpoint for t in read_results(exp).trials] == list(given.values())
+
+    moved = Path(shutil.move(exp, tmp_path / "moved"))
+    assert [t.checkpoint for t in read_results(moved).trials] == [
+        str(moved / "trials" / "t0" / "checkpoint-10"),
+        *list(given.values())[1:],
+    ]
+    again = _book(moved)  # a search resumed in its new place goes on from there
+    again.load()
+    assert again.trials["t0"].best_checkpoint == str(moved / "trials" / "t0" / "checkpoint-10")
+    again.report("t0", {"eval_accuracy": 0.9, "evaluation": 2, "step": 20}, checkpoint=str(moved / "c" / "ckpt-20"))
+    again.flush(force=True)
+    assert _stored_checkpoints(moved)[0] == "c/ckpt-20"
+
+
+def test_a_relative_experiment_dir_reads_back_full_checkpoint_paths(tmp_path, monkeypatch):
+    exp = tmp_path / "runs" / "exp"
+    book = _book(exp)
+    book.start("t0", 0, {})
+    book.report("t0", {"eval_accuracy": 0.5, "evaluation": 1, "step": 10}, checkpoint=str(exp / "t0" / "ckpt"))
+    book.flush(force=True)
+    monkeypatch.chdir(tmp_path)
+    assert read_results("runs/exp").trials[0].checkpoint == str(exp / "t0" / "ckpt")
+
+
+def test_old_results_with_absolute_checkpoints_read_as_they_are(tmp_path):
+    exp = tmp_path / "exp"
+    book = _book(exp)
+    book.start("t0", 0, {})
+    book.report("t0", {"eval_accuracy": 0.5, "evaluation": 1, "step": 10}, checkpoint=str(exp / "t0" / "ckpt"))
+    book.flush(force=True)
+    table = pq.read_table(exp / "results.parquet")  # as tunetrain wrote it before: the absolute path
+    column = table.schema.get_field_index("best_checkpoint")
+    pq.write_table(table.set_column(column, "best_checkpoint", [[str(exp / "t0" / "ckpt")]]), exp / "results.parquet")
+    assert read_results(exp).trials[0].checkpoint == str(exp / "t0" / "ckpt")
+
+
+def test_a_final_record_keeps_the_checkpoint_relative_and_restores_it_in_the_dir_it_is_restored_in(tmp_path):
+    book = _book(tmp_path / "exp")
+    book.start("t0", 0, {})
+    book.report("t0", {"eval_accuracy": 0.5, "evaluation": 1, "step": 10}, checkpoint=str(tmp_path / "exp" / "c-10"))
+    final = json.loads(json.dumps(book.final_record("t0", "completed")))
+    assert final["record"]["best_checkpoint"] == "c-10"
+    copy = _book(tmp_path / "copy")
+    copy.restore(final)
+    assert copy.trials["t0"].best_checkpoint == str(tmp_path / "copy" / "c-10")
+    assert _stored_checkpoints(tmp_path / "copy") == ["c-10"]
+
+
+def test_a_remote_book_keeps_the_checkpoints_the_trials_report_relative(tmp_path):
+    (tmp_path / "bucket" / "runs" / "exp").mkdir(parents=True)
+    remote = fs.SubTreeFileSystem(str(tmp_path / "bucket"), fs.LocalFileSystem())
+    book = ResultsBook("runs/exp", metric="eval_loss", mode="min", filesystem=remote, min_interval_s=0.0)
+    book.start("t0", 0, {})
+    # what a Ray trial reports for a checkpoint in remote storage: the storage's scheme, then the path in it
+    book.report("t0", {"eval_loss": 0.5, "evaluation": 1, "step": 5}, checkpoint="s3://runs/exp/trials/t0/ckpt-5")
+    book.flush(force=True)
+    assert _stored_checkpoints(tmp_path / "bucket" / "runs" / "exp") == ["trials/t0/ckpt-5"]
+    # read back through the filesystem: a URI again, its scheme the filesystem's kind (`s3` for S3's)
+    (record,) = read_results("runs/exp", filesystem=remote).trials
+    assert record.checkpoint == f"{remote.type_name}://runs/exp/trials/t0/ckpt-5"
+
+
 def test_read_results_of_a_dir_without_results(tmp_path):
     with pytest.raises(ConfigError, match=r"experiment '.*empty' has no results\.parquet: no search has run there"):
         read_results(tmp_path / "empty")
@@ -260,7 +346,8 @@ def test_a_search_without_a_finite_metric_has_no_best():
 
 
 def test_counts_has_every_status():
-    assert _result().counts() == {"running": 1, "completed": 2, "stopped_early": 1, "pruned": 1, "errored": 1}
+    counts = {"running": 1, "completed": 2, "stopped_early": 1, "pruned": 1, "timed_out": 0, "errored": 1}
+    assert _result().counts() == counts
 
 
 def test_table_shows_the_top_k_with_their_params():
@@ -291,3 +378,44 @@ def test_read_trials_know_their_experiment_dir_and_others_cannot_export(tmp_path
     with pytest.raises(ConfigError, match=r"trial 't9' was not read from an experiment dir: nothing to export"):
         _record("t9", 0.5).export(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- damaged files -------------------------------------------------------------------------------------------------
+
+
+def _written(path: Path) -> ResultsBook:
+    book = _book(path)
+    book.start("t0", 0, {"lr": 0.1})
+    _report(book, "t0", [0.5, 0.6])
+    book.finish("t0", "completed")
+    return book
+
+
+@pytest.mark.parametrize("name", ["results.parquet", "history.parquet"])
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "another table"])
+def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, name, damage):
+    import pyarrow as pa
+
+    _written(tmp_path)
+    file = tmp_path / name
+    if damage == "garbage":
+        file.write_bytes(b"\x00garbage" * 64)
+    elif damage == "cut short":
+        file.write_bytes(file.read_bytes()[:100])
+    else:  # a parquet file, but not one tunetrain wrote
+        pq.write_table(pa.table({"x": [1, 2]}), file)
+    readers = [
+        lambda: read_results(tmp_path),
+        lambda: read_history(tmp_path),
+        lambda: _book(tmp_path).load(),
+    ]
+    for read in readers:
+        if name == "history.parquet" and read is readers[0]:
+            assert [t.trial_id for t in read().trials] == ["t0"]  # results.parquet alone is read: it is fine
+            continue
+        if name == "results.parquet" and read is readers[1]:
+            assert len(read()) == 2
+            continue
+        with pytest.raises(ConfigError, match=rf"'{re.escape(str(file))}' is damaged .*: restore it") as err:
+            read()
+        assert "\n" not in str(err.value)

@@ -20,7 +20,7 @@ from slow_search import check_resumed, cli, env, slow_search, wait_until_partway
 from tunetrain.results import read_results
 from tunetrain.storage import resolve_storage
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 # moto takes any credentials; no AWS SDK lookup may leave the machine (instance metadata is off)
 AWS_ENV = {

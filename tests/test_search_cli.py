@@ -16,9 +16,11 @@ from slow_search import (
     EPOCH,
     STEPS,
     check_resumed,
+    check_runs,
+    checkpoints_left,
     cli,
     env,
-    resume_points,
+    kill_search,
     runs_of,
     slow_search,
     wait_until_partway,
@@ -27,7 +29,7 @@ from slow_search import (
 
 from tunetrain.results import read_results
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
@@ -68,13 +70,13 @@ def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path, r
         done_before = wait_until_partway(str(exp_dir), driver, finished=2)
         assert done_before, "the search did not get far enough to be killed"
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
+        kill_search(driver)  # the driver and the local Ray it started (waits for the last of them to end)
     # the worst case of a kill between Ray deleting a trial's older token checkpoint and saving the snapshot that
     # points to the newer one: only each trial's newest token is left (the resume puts back the others)
     for trial_dir in exp_dir.glob("trial_*"):
         for token in sorted(trial_dir.glob("checkpoint_*"))[:-1]:
             shutil.rmtree(token)
+    left = checkpoints_left(exp_dir, logs)  # where each trial's next run must start
 
     rerun = subprocess.run(
         cli("search", str(experiment)), env=env(**ray_env), capture_output=True, text=True, timeout=300
@@ -84,7 +86,7 @@ def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path, r
     results = read_results(exp_dir)
     assert len(results.trials) == 6
     assert {t.status for t in results.trials} == {"completed"}
-    check_resumed(logs, results, done_before)
+    check_resumed(logs, results, done_before, left)
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
 
 
@@ -94,14 +96,15 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
     exp_dir = tmp_path / "runs" / "killed"
     rng = random.Random(6)
     completed: dict[str, float] = {}  # trial id -> ended_at, of the trials the results said completed
+    kills: list[dict[str, tuple[int, int]]] = []  # after each kill: each trial's runs so far and latest checkpoint
     for _ in range(3):
         driver = subprocess.Popen(
             cli("search", str(experiment)), env=env(), start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(rng.uniform(5, 15))
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+        kill_search(driver)
+        kills.append(checkpoints_left(exp_dir, logs))
         results = read_results(exp_dir, missing_ok=True)
         for trial in results.trials if results else []:
             if trial.trial_id in completed:
@@ -124,13 +127,16 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
         if trial.trial_id in completed:
             assert (trial.status, trial.ended_at) == ("completed", completed[trial.trial_id])  # not run again
         runs = [steps for _, steps in runs_of(logs, trial.trial_id)]
+        left = [kill[trial.trial_id] for kill in kills if trial.trial_id in kill]
         if trial.status == "completed":
-            # each run resumed from the last complete checkpoint the run before it left
-            assert STEPS - runs[-1] in resume_points(runs), (trial.trial_id, runs)
+            # each run resumed from the latest complete checkpoint the run before it left (its dir, at each kill)
+            check_runs(logs, trial.trial_id, left=left)
         else:
             # started after Ray last saved its state, killed before its first checkpoint reached that state
             assert trial.status == "errored" and trial.error.startswith("lost:"), (trial.status, trial.error)
             assert sum(runs) <= 2 * EPOCH, runs
+            if runs:  # any run it had resumed like any other
+                check_runs(logs, trial.trial_id, left=left, completed=False)
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
 
 
@@ -161,7 +167,7 @@ def test_bad_search_input_is_one_line_and_exit_2(tmp_path, flags, message):
 
 
 def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp_path):
-    _, experiment = slow_search(tmp_path)
+    logs, experiment = slow_search(tmp_path)
     exp_dir = tmp_path / "runs" / "killed"
 
     # Ctrl-C in a terminal: SIGINT to the whole foreground process group (the driver and the Ray it started)
@@ -192,6 +198,7 @@ def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp
     assert len(results.trials) == 6 and {t.status for t in results.trials} == {"completed"}
     ended_at = {t.trial_id: t.ended_at for t in results.trials}
     assert all(ended_at[trial_id] == ended for trial_id, ended in done_before.items())  # not rerun
+    check_resumed(logs, results, done_before)  # and the interrupted ones resumed from their checkpoints
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
 
 

@@ -475,3 +475,73 @@ def test_a_trial_out_of_memory_is_errored_with_the_reason_and_the_search_goes_on
     # retried once (max_failures 1) from its checkpoint at step 15: an OOM may be another process's, passing
     assert [step for trial_id, step in start_steps if trial_id == oom.trial_id] == [0, 15]
     assert by_value[0].status == "completed" and result.best.trial_id == by_value[0].trial_id
+
+
+def _write(path: Path, experiment: Experiment) -> Path:
+    path.write_text(json.dumps(experiment.to_dict()))  # JSON is YAML
+    return path
+
+
+@pytest.mark.e2e
+def test_restart_removes_the_old_search_and_runs_the_new_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tunetrain.cli import main
+
+    path = tmp_path / "exp.yaml"
+    _write(path, _experiment(tmp_path, num_trials=2, scheduler="none", train={"num_train_epochs": 2}))
+    assert main(["search", str(path)]) == 0
+    exp_path = tmp_path / "tiny-optuna"
+    first = read_results(exp_path)
+    (exp_path / "left-over.txt").write_text("a file of the search before")
+    capsys.readouterr()
+
+    _write(path, _experiment(tmp_path, num_trials=2, scheduler="none", train={"num_train_epochs": 3}))
+    assert main(["search", str(path), "--restart"]) == 0
+    err = capsys.readouterr().err
+    assert f"--restart: removing {exp_path}" in err
+    assert "changed since this search started" not in err  # a restart takes the file as it is now
+    assert not (exp_path / "left-over.txt").exists()
+    second = read_results(exp_path)
+    assert [(t.status, t.evaluations) for t in second.trials] == [("completed", 3), ("completed", 3)]
+    assert min(t.started_at for t in second.trials) > max(t.ended_at for t in first.trials)  # new trials ran
+    assert len(_study(exp_path).trials) == 2  # a new journal: the old trials are not in it
+    for trial in second.trials:  # each trial's dir holds the new run's checkpoints only (3 epochs of 15 steps)
+        assert ckpt.find_latest(exp_path / "trials" / trial.trial_id).name == "checkpoint-45"
+    started = json.loads((exp_path / "search.json").read_text())
+    assert started["status"] == "finished" and started["experiment"]["train"]["num_train_epochs"] == 3
+
+
+@pytest.mark.e2e
+def test_a_changed_experiment_file_warns_and_the_search_goes_on_as_it_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tunetrain.cli import main
+
+    task_file = tmp_path / "interrupted_task.py"  # Ctrl-C at the third evaluation of the first trial
+    task_file.write_text(INTERRUPTED_TASK.format(tests=str(TINY_TASK.parent), marker=str(tmp_path / "hit"), delay=0))
+    path = tmp_path / "exp.yaml"
+    _write(path, _experiment(tmp_path, task=f"{task_file}:task", num_trials=2, scheduler="none"))
+    assert main(["search", str(path)]) == 130
+    capsys.readouterr()
+
+    changed = _experiment(
+        tmp_path, task=f"{task_file}:task", num_trials=3, scheduler="none", train={"num_train_epochs": 2}
+    )
+    _write(path, changed)
+    assert main(["search", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "the experiment file (or --set / flags) changed since this search started; it continues with the settings "
+        "it started with" in err
+    )
+    exp_path = tmp_path / "tiny-optuna"
+    result = read_results(exp_path)
+    # the settings it started with: 2 trials of EPOCHS epochs, not the file's 3 trials of 2
+    assert [(t.status, t.evaluations) for t in result.trials] == [("completed", EPOCHS), ("completed", EPOCHS)]
+    assert json.loads((exp_path / "search.json").read_text())["experiment"]["train"]["num_train_epochs"] == EPOCHS
+
+    capsys.readouterr()
+    assert main(["search", str(path)]) == 0  # finished: shown, and it still says the file is not what ran
+    assert "changed since this search started" in capsys.readouterr().err
+    assert len(_study(exp_path).trials) == 3  # no new trial (the interrupted one was told once, then rerun)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -288,3 +289,27 @@ def test_two_searches_in_one_process_on_different_backends_keep_their_own_result
     for result, where in zip(results, "abc", strict=True):
         for trial in result.trials:
             assert Path(trial.best_checkpoint).is_relative_to(tmp_path / where)
+
+
+def test_a_trial_the_restored_study_lacks_trains_on_without_failing_the_search(caplog, monkeypatch):
+    # seen once under a full disk: Ray's own state held a trial its searcher's (saved in another file) did not, and
+    # OptunaSearch.on_trial_result raised KeyError, which ended the resumed search with a traceback
+    monkeypatch.setattr(logging.getLogger("tunetrain"), "propagate", True)  # the CLI, run in-process, turns it off
+    import optuna
+
+    from tunetrain.space import SearchSpace
+    from tunetrain.tuning.ray import driver
+
+    space = SearchSpace.from_mapping({"x": {"type": "float", "low": 0.0, "high": 1.0}})
+    search_state = driver.SearchState()
+    searcher = driver.PrunedAwareOptunaSearch(
+        search_state,
+        space=space.define_by_run, metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0),
+    )  # fmt: skip
+    searcher.suggest("known")
+    searcher.on_trial_result("lost", {"objective": 0.5, "evaluation": 1})
+    searcher.on_trial_complete("lost", {"objective": 0.5, "evaluation": 1})
+    searcher.on_trial_complete("known", {"objective": 0.7, "evaluation": 1})
+    assert [t.state for t in searcher._ot_study.trials] == [optuna.trial.TrialState.COMPLETE]
+    assert "trial lost is not in the study Ray restored" in caplog.text
+    assert search_state.unknown_trials == {"lost"}  # said once a trial

@@ -269,3 +269,32 @@ def test_storage_imports_nothing_of_tunetrain_but_its_errors(module):
     source = (Path(storage_files.__file__).parent / f"{module}.py").read_text()
     imported = set(re.findall(r"^\s*(?:from|import) (tunetrain[.\w]*)", source, flags=re.M))
     assert {name for name in imported if not name.startswith("tunetrain.storage.")} <= {"tunetrain.errors"}
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"status": "runn', b"\xff\xfe\x00garbage", b""], ids=["cut short", "not utf-8", "empty"]
+)
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_a_damaged_json_file_is_one_line_naming_it(tmp_path, content, where):
+    filesystem = LOCAL if where == "local" else _bucket(tmp_path)
+    path = str(tmp_path / "search.json") if where == "local" else "runs/search.json"
+    write_whole(filesystem, path, content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(repr(path))} is damaged \(.*\): restore it") as err:
+        read_json(filesystem, path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"garbage" * 20, b"PAR1" + b"\0" * 50 + b"PAR1", b""],
+    ids=["garbage", "garbage between the magic bytes", "empty"],
+)
+def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path, content):
+    path = str(tmp_path / "results.parquet")
+    write_parquet(LOCAL, path, pa.table({"v": [1, 2]}))
+    whole = Path(path).read_bytes()
+    for damaged in (content, whole[: len(whole) // 2]):
+        Path(path).write_bytes(damaged)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(repr(path))} is damaged \(.*\): restore it") as err:
+            read_parquet(LOCAL, path)
+        assert "\n" not in str(err.value)

@@ -6,6 +6,7 @@ cannot go together raise `ConfigError` naming the field and the rule.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +113,30 @@ class TrainingArguments:
             values["greater_is_better"] = None
         return TrainingArguments.from_dict(values, where="args")
 
+    def check_value(self, name: str, value: Any, *, where: str | None = None) -> Any:
+        """`value` as field `name` would hold it, checked by the field's own rules (its type; its allowed values;
+        its range, given the other fields of this object), not by combinations with other fields; else a
+        ConfigError naming `where` (default `name`). A search param's bounds and choices are checked with it where
+        the experiment file is loaded, not when a trial starts. This object is left as it is."""
+        where = where or name
+        if name not in _FIELD_KINDS:
+            raise ConfigError(f"`{name}` is not a TrainingArguments field{did_you_mean(name, _FIELD_KINDS)}")
+        if value is False and name.endswith("_strategy"):  # YAML 1.1's bare `no`, as in __post_init__
+            value = "no"
+        probe = copy.copy(self)
+        if name != "eval_steps":  # derived from logging_steps after __post_init__'s checks (0 with logging off)
+            probe.eval_steps = None
+        setattr(probe, name, _coerce(where, value, _FIELD_KINDS[name]))
+        try:
+            _check_choices(probe)
+            _check_ranges(probe)
+        except ConfigError as exc:
+            message = str(exc)
+            if message.startswith(f"`{name}` "):
+                raise ConfigError(f"`{where}` {message[len(name) + 3 :]}") from None
+            raise ConfigError(f"`{where}` is {show_value(value)}, which these arguments refuse: {message}") from None
+        return getattr(probe, name)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -125,6 +150,11 @@ class TrainingArguments:
 def field_names() -> frozenset[str]:
     """The names a search space param may use to override a TrainingArguments field."""
     return frozenset(_FIELD_KINDS)
+
+
+def field_type(name: str) -> str:
+    """The type a TrainingArguments field holds besides None: bool | int | float | str."""
+    return _FIELD_KINDS[name][0]
 
 
 # (type name, allows None); derived once from the annotations so a new field cannot be forgotten.

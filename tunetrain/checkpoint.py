@@ -4,6 +4,10 @@ A checkpoint is a directory `checkpoint-{step}/` written under a temporary name 
 kill never leaves a half-written directory that looks complete. Nothing here unpickles arbitrary objects:
 weights are safetensors, the rest loads with `torch.load(weights_only=True)` or is JSON.
 
+A checkpoint damaged afterwards (cut short while it was copied, overwritten) is found before a resume builds
+anything (`check_checkpoint` reads every file, tensors mapped rather than copied): named explicitly, it is a one-line
+CheckpointError; as "the latest" (`find_latest_usable`), it is moved aside and the complete one before it is used.
+
 We do not use `accelerate.Accelerator.save_state` / `load_state`: it needs the optimizer wrapped by
 `accelerator.prepare` (a measured ~12% per-step cost on small models), and its `load_state` swallows any error
 while restoring RNG states, which would silently break exact resume.
@@ -14,21 +18,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tunetrain.errors import CheckpointError, StorageError
 from tunetrain.storage.layout import (  # the file names, defined with every other name of an experiment
     ARGS_NAME,
     CHECKPOINT_PREFIX,
+    DAMAGED_SUFFIX,
     OPTIMIZER_NAME,
     PARAMS_NAME,
     RNG_STATE_NAME,
@@ -101,6 +110,41 @@ def find_latest(output_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def find_latest_usable(output_dir: str | Path) -> Path | None:
+    """The latest checkpoint under `output_dir` that a run can resume from, or None.
+
+    A damaged one (see `check_checkpoint`) is skipped with a warning naming it and the one used instead. It is kept
+    for the user to look at, never deleted: renamed to `checkpoint-{step}.damaged`, so that it is no longer listed,
+    rotated away, taken for the latest again, or overwritten when the resumed run saves its step again.
+    """
+    skipped: list[tuple[Path, str, Path | None]] = []
+    found = None
+    for path in reversed(list_checkpoints(output_dir)):
+        damage = _damage(path)
+        if damage is None:
+            found = path
+            break
+        skipped.append((path, damage, _move_aside(path)))
+    for path, damage, aside in skipped:
+        kept = f"it is kept, as {aside.name}, for you to look at" if aside else "it is left as it is"
+        then = (
+            f"resuming from {str(found)!r} instead"
+            if found
+            else f"no usable checkpoint is left in {str(output_dir)!r}: the run starts from step 0"
+        )
+        logger.warning("checkpoint %r cannot be resumed from: %s; %s; %s", str(path), damage, kept, then)
+    return found
+
+
+def aside_name(name: str, taken: Callable[[str], bool]) -> str:
+    """Where a damaged checkpoint `name` is moved: `{name}.damaged`, or `.damaged-2`, ... where that is `taken`."""
+    aside, number = f"{name}{DAMAGED_SUFFIX}", 1
+    while taken(aside):
+        number += 1
+        aside = f"{name}{DAMAGED_SUFFIX}-{number}"
+    return aside
+
+
 def save_checkpoint(
     output_dir: str | Path,
     *,
@@ -166,28 +210,35 @@ def _cannot_write(path: Path, exc: BaseException) -> str:
 
 
 def check_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory, or a CheckpointError saying why it cannot be resumed from."""
+    """The checkpoint directory, or a CheckpointError saying why it cannot be resumed from: missing, incomplete,
+    or a file of it damaged (every file is read; the tensors are mapped, not copied)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: missing {', '.join(missing)}")
+    damage = _damage(path)
+    if damage is not None:
+        raise CheckpointError(
+            f"{damage}; resume from an earlier checkpoint (resume_from_checkpoint=True, or --resume without a path, "
+            "takes the latest usable one), or restore it from a backup"
+        )
     return path
 
 
 def read_trainer_state(path: str | Path) -> TrainerState:
     try:
         return TrainerState.from_json((Path(path) / TRAINER_STATE_NAME).read_text())
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {TRAINER_STATE_NAME}: {exc}") from exc
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: JSON, but not an object
+        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {TRAINER_STATE_NAME}: {_first_line(exc)}") from exc
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(path) / PARAMS_NAME).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {PARAMS_NAME}: {exc}") from exc
+        params = json.loads((Path(path) / PARAMS_NAME).read_text())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {PARAMS_NAME}: {_first_line(exc)}") from exc
+    if not isinstance(params, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {PARAMS_NAME}: not a JSON object")
+    return params
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -195,8 +246,8 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     file = Path(path) / WEIGHTS_NAME if Path(path).is_dir() else Path(path)
     try:
         weights = load_file(file)
-    except (OSError, Exception) as exc:  # safetensors raises its own SafetensorError for corrupt files
-        raise CheckpointError(f"weights {str(file)!r} cannot be read: {exc}") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files, OSError for unreadable
+        raise CheckpointError(_weights_unreadable(file, exc)) from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -218,16 +269,18 @@ def load_training_state(
 ) -> None:
     """Restore optimizer, scheduler, scaler and every RNG from a checkpoint (weights: `load_weights`)."""
     path = Path(path)
+    optimizer_state = _load_tensors(path / OPTIMIZER_NAME, map_location=device)
+    scheduler_state = _load_tensors(path / SCHEDULER_NAME)
     try:
-        optimizer.load_state_dict(torch.load(path / OPTIMIZER_NAME, map_location=device, weights_only=True))
-        scheduler.load_state_dict(torch.load(path / SCHEDULER_NAME, weights_only=True))
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run's optimizer: {exc}") from exc
     if scaler is not None:
         if not (path / SCALER_NAME).is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} has no {SCALER_NAME}, but this run uses fp16")
-        scaler.load_state_dict(torch.load(path / SCALER_NAME, weights_only=True))
-    _set_rng_state(torch.load(path / RNG_STATE_NAME, weights_only=True), path)
+        scaler.load_state_dict(_load_tensors(path / SCALER_NAME))
+    _set_rng_state(_load_tensors(path / RNG_STATE_NAME), path)
 
 
 def rotate_checkpoints(output_dir: str | Path, *, limit: int | None, keep: str | Path | None) -> list[Path]:
@@ -286,7 +339,7 @@ def _set_rng_state(state: dict[str, Any], path: Path) -> None:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         # exact resume depends on these: a checkpoint whose RNG state cannot be restored is an error
         raise CheckpointError(f"checkpoint {str(path)!r}: RNG state cannot be restored: {exc}") from exc
 
@@ -299,6 +352,78 @@ def _unshare(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[name] = tensor.clone() if pointer in seen and tensor.numel() else tensor
         seen.setdefault(pointer, name)
     return out
+
+
+def _damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from, or None: every file is there and reads as a resume
+    reads it (the tensors mapped, not copied: the cost of a look at each file's index, not of a second load)."""
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        return f"checkpoint {str(path)!r} is incomplete: missing {', '.join(missing)}"
+    try:
+        read_trainer_state(path)
+        read_params(path)
+        _check_weights(path / WEIGHTS_NAME)
+        for name in (OPTIMIZER_NAME, SCHEDULER_NAME, RNG_STATE_NAME, SCALER_NAME):
+            if name != SCALER_NAME or (path / name).is_file():  # the grad scaler's only with fp16
+                # onto the CPU: a checkpoint saved on a GPU (its optimizer state there) is usable on a machine without
+                _load_tensors(path / name, map_location="cpu", mmap=True)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _check_weights(file: Path) -> None:
+    """A CheckpointError unless the safetensors header of `file` parses and its tensors fit in the file."""
+    try:
+        with safe_open(file, framework="pt"):  # reads the header and checks it against the file's size
+            pass
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError for an unreadable file
+        raise CheckpointError(_weights_unreadable(file, exc)) from exc
+
+
+def _weights_unreadable(file: Path, exc: BaseException) -> str:
+    return f"weights {str(file)!r} cannot be read: {_first_line(exc)}"
+
+
+def _load_tensors(file: Path, *, map_location: Any = None, mmap: bool = False) -> Any:
+    """A `.pt` file of a checkpoint, loaded without unpickling objects (`weights_only=True`: tensors, numbers,
+    strings and containers of them); anything else in it, or a damaged file, is a CheckpointError naming it."""
+    # torch.save writes a zip archive (a file cut short loses its index at the end); torch.load would take anything
+    # else for a pickle of the old format, and only a zip archive can be mapped
+    if not zipfile.is_zipfile(file):
+        raise CheckpointError(f"{str(file)!r} is damaged: not the zip archive torch.save writes (cut short?)")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:  # a global weights_only refuses: an object that could run code as it loads
+        raise CheckpointError(
+            f"{str(file)!r} holds objects other than tensors and plain values, which tunetrain never unpickles "
+            f"(they could run code): {_refused(exc)}"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as exc:  # torch's zip reader: RuntimeError
+        raise CheckpointError(f"{str(file)!r} is damaged: {_first_line(exc)}") from exc
+
+
+def _refused(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused, out of its long message (the line that names the global)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return next((line for line in lines if line.startswith("WeightsUnpickler error:")), _first_line(exc))
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename a damaged checkpoint to a name no checkpoint has; None when it cannot be (another process of the
+    run moved it first, a read-only directory): it is then skipped where it is."""
+    aside = path.with_name(aside_name(path.name, lambda name: path.with_name(name).exists()))
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return None
+    return aside
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _few(names: list[str]) -> str:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,24 @@ from tunetrain.errors import ConfigError, TunetrainError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2, as ours
         self.exit(EXIT_USAGE, f"tunetrain: error: {message}\n")
+
+
+def _top_k(text: str) -> int:
+    """`--top-k K`: a whole number >= 1 (argparse puts "argument --top-k: " before the message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"is {text!r}, but must be a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"is {value}, but must be a whole number >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,27 +81,60 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("experiment_dir", help="the experiment dir (storage/NAME)")
     export.add_argument("--out", required=True, help="the export dir (must not exist or be empty)")
     export.add_argument("--trial", help="this trial instead of the best")
-    export.add_argument("--top-k", type=int, metavar="K", help="the best K trials side by side")
+    export.add_argument("--top-k", type=_top_k, metavar="K", help="the best K trials side by side")
     export.add_argument("--force", action="store_true", help="replace a non-empty export dir")
 
     report = commands.add_parser("report", help="the top-k table, report.html and plots of a search")
     report.add_argument("experiment_dir", help="the experiment dir (storage/NAME)")
     report.add_argument("--out", help="where report.html and the PNGs go (default: the experiment dir)")
-    report.add_argument("--top-k", type=int, default=10, metavar="K", help="rows of the table (default 10)")
+    report.add_argument("--top-k", type=_top_k, default=10, metavar="K", help="rows of the table (default 10)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    terminated = _TerminateAsInterrupt(enabled=args.command in ("train", "search"))  # the commands that resume
     try:
-        return _COMMANDS[args.command](args)
+        with terminated:
+            return _COMMANDS[args.command](args)
     except TunetrainError as exc:  # a user error (exit 2), a diverged run or a full disk (exit 1): not bugs to trace
         print(f"tunetrain: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("tunetrain: interrupted; run the same command with --resume to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        how = "terminated (SIGTERM)" if terminated.received else "interrupted"
+        if args.command == "search":
+            print(f"tunetrain: search {how}; run the same command again to resume it", file=sys.stderr)
+        else:
+            print(f"tunetrain: {how}; run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_TERMINATED if terminated.received else EXIT_INTERRUPTED
+
+
+class _TerminateAsInterrupt:
+    """SIGTERM (what SLURM, Kubernetes and `kill` send) handled as Ctrl-C: the run or the search stops the way an
+    interrupt stops it (a search's Ray saves its state first), resumable; the exit code says which it was. A second
+    SIGTERM kills at once."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.received = False
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        # signal handlers live in the main thread only (a test may call main() from another)
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # SIGINT reaches whoever handles Ctrl-C now: Ray Tune's handler while a search runs (it stops the trials and
+        # saves the experiment's state), else Python's, which raises KeyboardInterrupt here
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -244,20 +292,16 @@ def _report(cli: argparse.Namespace) -> int:
 def _search(cli: argparse.Namespace) -> int:
     from tunetrain.tuning.driver import search
 
-    try:
-        result = search(
-            cli.experiment,
-            overrides=cli.overrides,
-            backend=cli.backend,
-            num_trials=cli.num_trials,
-            address=cli.address,
-            storage=cli.storage,
-            gpus_per_trial=cli.gpus_per_trial,
-            restart=cli.restart,
-        )
-    except KeyboardInterrupt:
-        print("tunetrain: search interrupted; run the same command again to resume it", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    result = search(
+        cli.experiment,
+        overrides=cli.overrides,
+        backend=cli.backend,
+        num_trials=cli.num_trials,
+        address=cli.address,
+        storage=cli.storage,
+        gpus_per_trial=cli.gpus_per_trial,
+        restart=cli.restart,
+    )
     best = result.best
     if best is None:
         print("tunetrain: no trial reported a finite metric", file=sys.stderr)

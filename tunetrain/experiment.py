@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from tunetrain.args import TrainingArguments, field_names
+from tunetrain.args import TrainingArguments, field_names, field_type
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
-from tunetrain.space import SearchSpace
+from tunetrain.space import CategoricalParam, FloatParam, Param, SearchSpace
 from tunetrain.tuning.config import SearchConfig
 
 TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
@@ -224,6 +224,7 @@ def experiment_from_dict(raw: Any) -> Experiment:
         fixed_and_searched = sorted(set(train_section) & set(space.names))
         for key in fixed_and_searched:
             errors.append(f"`train.{key}` is fixed, but `space.{key}` searches it: remove one of them")
+        errors.extend(_searched_field_problems(space, train or TrainingArguments()))
     search = None
     if raw.get("search") is not None and train is not None and space is not None:
         try:  # checked against the space (and against the run by `tunetrain search`): once both are known right
@@ -234,6 +235,52 @@ def experiment_from_dict(raw: Any) -> Experiment:
         raise ConfigError("; ".join(errors))
     sections = {"train": train_section, **({"search": search_section} if raw.get("search") is not None else {})}
     return Experiment(name=name, task=task, train=train, space=space, search=search, params=params, sections=sections)
+
+
+# TrainingArguments fields that are not hyperparameters: a search sets them for each trial itself
+# (tuning/trial.py), or they say where a run's output goes. Searched, trials would write to one dir, or override
+# what the search resumes, prunes and judges them by.
+_NOT_HYPERPARAMETERS = {
+    "output_dir": "a search gives each trial its own dir (trials given one dir overwrite each other's checkpoints)",
+    "logging_dir": "a search gives each trial its own TensorBoard dir",
+    "report_to": "it says where a run's logs go, not how it trains",
+    "disable_tqdm": "it says how progress is shown, not how a run trains",
+    "save_strategy": "a search saves each trial's checkpoint at every evaluation, to resume and prune it from there",
+    "save_steps": "a search saves each trial's checkpoint at every evaluation, to resume and prune it from there",
+    "save_total_limit": "a search keeps `search.keep_checkpoints_per_trial` checkpoints of each trial",
+    "load_best_model_at_end": "a search keeps each trial's best evaluation itself",
+    "metric_for_best_model": "a search judges every trial by the one `search.metric`",
+    "greater_is_better": "a search judges every trial in the one direction of `search.mode`",
+}
+
+
+def _searched_field_problems(space: SearchSpace, train: TrainingArguments) -> list[str]:
+    """What is wrong with the space's params that set a TrainingArguments field: a field that is not a
+    hyperparameter, or a bound or choice that the field would refuse when a trial starts (one problem a param)."""
+    problems = []
+    for param in space.params:
+        if param.name in _NOT_HYPERPARAMETERS:
+            why = _NOT_HYPERPARAMETERS[param.name]
+            problems.append(f"`space.{param.name}` is not a hyperparameter: {why}; remove it from the space")
+        elif param.name in field_names() and (problem := _field_value_problem(param, train)) is not None:
+            problems.append(problem)
+    return problems
+
+
+def _field_value_problem(param: Param, train: TrainingArguments) -> str | None:
+    where = f"space.{param.name}"
+    if isinstance(param, FloatParam) and field_type(param.name) == "int":  # whole bounds, but it samples 2.7
+        return f"`{where}` is a float param, but TrainingArguments.{param.name} is an int: use type: int"
+    if isinstance(param, CategoricalParam):
+        values = [("choices", choice) for choice in param.choices]
+    else:
+        values = [("low", param.low), ("high", param.high)]
+    for key, value in values:
+        try:
+            train.check_value(param.name, value, where=f"{where}.{key}")
+        except ConfigError as exc:
+            return str(exc)
+    return None
 
 
 def _check_name(name: Any, errors: list[str]) -> str:

@@ -6,25 +6,40 @@ An export folder holds:
 - `metrics.json`: best and last metric, evaluations run, status, the search metric and mode,
 - `experiment.yaml`: the experiment with its space replaced by the fixed params, so that
   `tunetrain train DIR/experiment.yaml` re-trains the same run,
-- `README.md`: a short card (task, params, metric, how to load).
+- `README.md`: a short card (task, params, metric, how to load),
+- `.tunetrain-export`: the names the export wrote; `--force` empties a dir only when it holds an export and nothing
+  else.
 
+Nothing is written or deleted before every check has passed: the export dir is not the experiment dir, inside it or
+around it (nor `/` or the home dir), and every trial's weights are a whole safetensors file of the experiment's own.
 `load_model(DIR)` rebuilds the model through the task's factory and loads the weights; nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from safetensors import SafetensorError, safe_open
 
 from tunetrain.args import field_names
 from tunetrain.errors import ConfigError
 from tunetrain.experiment import load_experiment
 from tunetrain.storage import copy_down, experiment_location, is_file, is_uri
-from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, METRICS_NAME, PARAMS_NAME, WEIGHTS_NAME
+from tunetrain.storage.layout import (
+    CARD_NAME,
+    EXPERIMENT_NAME,
+    EXPORT_MARKER,
+    METRICS_NAME,
+    PARAMS_NAME,
+    WEIGHTS_NAME,
+)
 from tunetrain.task import load_task
 
 if TYPE_CHECKING:
@@ -33,22 +48,39 @@ if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
     from tunetrain.results import SearchResult, TrialRecord
 
+MODEL_DIR_FILES = (WEIGHTS_NAME, PARAMS_NAME, METRICS_NAME, EXPERIMENT_NAME, CARD_NAME)
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a file's header
 
-def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord) -> Path:
-    """One trial's export folder (see the module docstring). The checkpoint may be in remote storage (s3://...)."""
-    missing = ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({trial.best_checkpoint})")
-    if not trial.best_checkpoint:
-        raise missing
-    weights = Path(trial.best_checkpoint) / WEIGHTS_NAME
-    if is_uri(trial.best_checkpoint):  # in the experiment's storage: `scheme://` then the path in its filesystem
-        filesystem, _ = experiment_location(result.experiment_dir)
-        remote = f"{trial.best_checkpoint.split('://', 1)[1]}/{WEIGHTS_NAME}"
-        if not is_file(filesystem, remote):
-            raise missing
-        weights = out_dir / WEIGHTS_NAME
-        copy_down(filesystem, remote, weights)
-    elif not weights.is_file():
-        raise missing
+
+def write_exports(
+    out_dir: Path,
+    experiment: Experiment,
+    result: SearchResult,
+    trials: list[TrialRecord],
+    *,
+    side_by_side: bool,
+    force: bool,
+) -> list[Path]:
+    """Export `trials` into `out_dir` (one trial), or side by side as `out_dir/rank-N-TRIAL`. The export dir and
+    every trial's weights are checked before anything is deleted or written."""
+    check_export_dir(out_dir, result.experiment_dir)
+    with tempfile.TemporaryDirectory(prefix="tunetrain-export-") as staging:  # weights from remote storage
+        weights = [trial_weights(result, trial, Path(staging)) for trial in trials]
+        clear_export_dir(out_dir, force)
+        if not side_by_side:
+            return [write_export(out_dir, experiment, result, trials[0], weights[0])]
+        names = [f"rank-{rank}-{trial.trial_id}" for rank, trial in enumerate(trials, start=1)]
+        _write_marker(out_dir, names)
+        return [
+            write_export(out_dir / name, experiment, result, trial, path)
+            for name, trial, path in zip(names, trials, weights, strict=True)
+        ]
+
+
+def write_export(
+    out_dir: Path, experiment: Experiment, result: SearchResult, trial: TrialRecord, weights: Path
+) -> Path:
+    """One trial's export folder (see the module docstring), its `weights` checked by `trial_weights`."""
     metrics = {
         "trial_id": trial.trial_id,
         "metric": result.metric,
@@ -63,6 +95,89 @@ def write_export(out_dir: Path, experiment: Experiment, result: SearchResult, tr
     return out_dir
 
 
+def trial_weights(result: SearchResult, trial: TrialRecord, staging: Path) -> Path:
+    """The weights of the trial's best checkpoint, checked (`check_weights`; on a local disk, inside the experiment
+    dir too): in the checkpoint itself, or copied down into `staging` from remote storage (s3://...)."""
+    missing = ConfigError(f"trial {trial.trial_id!r} has no best checkpoint left to export ({trial.best_checkpoint})")
+    if not trial.best_checkpoint:
+        raise missing
+    checkpoint = _local_path(trial.best_checkpoint)
+    if checkpoint is None:  # in the experiment's remote storage: `scheme://` then the path in its filesystem
+        filesystem, _ = experiment_location(result.experiment_dir)
+        remote = f"{trial.best_checkpoint.split('://', 1)[1]}/{WEIGHTS_NAME}"
+        if not is_file(filesystem, remote):
+            raise missing
+        weights = staging / trial.trial_id / WEIGHTS_NAME
+        copy_down(filesystem, remote, weights)
+        check_weights(weights, shown=f"{trial.best_checkpoint}/{WEIGHTS_NAME}")
+        return weights
+    weights = checkpoint / WEIGHTS_NAME
+    if not weights.is_file() and not weights.is_symlink():
+        raise missing
+    check_weights(weights)
+    experiment = _local_path(str(result.experiment_dir))
+    if experiment is not None and not weights.resolve().is_relative_to(experiment.resolve()):
+        raise ConfigError(
+            f"the weights {str(weights)!r} are outside the experiment dir {str(experiment)!r} (through a symbolic "
+            "link, or results written before they were kept relative to it, in a moved or copied experiment): an "
+            "export copies only the experiment's own files"
+        )
+    return weights
+
+
+def check_weights(path: Path, *, shown: str | None = None) -> None:
+    """Refuse weights that are a symbolic link or not a whole safetensors file (read the way safetensors reads it:
+    an 8-byte little-endian header length, a JSON header, every tensor's data_offsets inside the file)."""
+    what = f"the weights {shown or str(path)!r}"
+    if path.is_symlink():
+        raise ConfigError(
+            f"{what} are a symbolic link (to {os.readlink(path)!r}): an export copies only the experiment's own files"
+        )
+    header, data_bytes = _safetensors_header(path, what)
+    if not isinstance(header, dict):
+        raise ConfigError(f"{what} are not a safetensors file: its header is not a JSON object")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ConfigError(f"{what} are not a safetensors file: tensor {name!r} has no data_offsets")
+        if not 0 <= offsets[0] <= offsets[1] <= data_bytes:
+            raise ConfigError(
+                f"{what} are not a whole safetensors file: tensor {name!r} has data_offsets {offsets} outside its "
+                f"{data_bytes} bytes of data"
+            )
+    try:  # what else safetensors checks (dtypes, shapes against offsets, no gaps) before it loads a tensor
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as exc:
+        raise ConfigError(f"{what} are not a safetensors file: {str(exc).splitlines()[0]}") from None
+
+
+def _safetensors_header(path: Path, what: str) -> tuple[Any, int]:
+    """A safetensors file's header (parsed JSON) and the size of the data after it, read without following a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} are not a file")
+        if info.st_size < 8:
+            raise ConfigError(f"{what} are {info.st_size} bytes: too short for a safetensors file")
+        length = int.from_bytes(file.read(8), "little")
+        if length > min(info.st_size - 8, MAX_HEADER_BYTES):
+            raise ConfigError(
+                f"{what} are not a whole safetensors file: its header length ({length} bytes) runs past the end of "
+                f"the file ({info.st_size} bytes)"
+            )
+        try:
+            return json.loads(file.read(length)), info.st_size - 8 - length
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{what} are not a safetensors file: its header is not JSON") from None
+
+
 def write_model_dir(
     out_dir: Path,
     experiment: Experiment,
@@ -74,6 +189,7 @@ def write_model_dir(
 ) -> None:
     """The exportable form of a model: weights, params, metrics, a re-runnable experiment file and a card."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    _write_marker(out_dir, MODEL_DIR_FILES)  # first: an export cut short is still one that --force replaces
     if weights.resolve() != (out_dir / WEIGHTS_NAME).resolve():
         shutil.copyfile(weights, out_dir / WEIGHTS_NAME)
     (out_dir / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
@@ -115,13 +231,81 @@ def _fixed_experiment(experiment: Experiment, params: dict[str, Any]) -> dict[st
     return fixed
 
 
-def empty_dir(path: Path, force: bool) -> Path:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+def check_export_dir(out_dir: Path, experiment_dir: str | Path) -> None:
+    """Refuse an export dir that is the experiment dir, inside it or holds it (symbolic links followed), the root
+    dir or the home dir."""
+    shown = str(out_dir)
+    where = out_dir.resolve()
+    if where == Path(where.anchor):
+        raise ConfigError(f"export dir {shown!r} is the root dir: an export goes into a dir of its own")
+    if where == Path.home().resolve():
+        raise ConfigError(f"export dir {shown!r} is the home dir: an export goes into a dir of its own")
+    experiment = _local_path(str(experiment_dir))
+    if experiment is None:
+        return  # in remote storage: no local dir can be it
+    experiment = experiment.resolve()
+    if where == experiment:
+        raise ConfigError(f"export dir {shown!r} is the experiment dir {str(experiment)!r}: export beside it")
+    if where.is_relative_to(experiment):
+        raise ConfigError(f"export dir {shown!r} is inside the experiment dir {str(experiment)!r}: export beside it")
+    if experiment.is_relative_to(where):
+        raise ConfigError(f"export dir {shown!r} holds the experiment dir {str(experiment)!r}: export beside it")
+
+
+def clear_export_dir(path: Path, force: bool) -> Path:
+    """`path` made ready for an export: made if missing; with `force`, emptied of an earlier export, but only when
+    all it holds is what exports wrote (`EXPORT_MARKER` lists it)."""
+    shown = str(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"export dir {shown!r} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        foreign = _not_exported(path)
+        if foreign:
+            what = f"no {EXPORT_MARKER} in it" if foreign == ["*"] else ", ".join(foreign[:5])
+            raise ConfigError(
+                f"export dir {shown!r} holds files that no export wrote ({what}): choose another dir (--force "
+                "replaces only an earlier export)"
+            )
         if not force:
-            raise ConfigError(f"export dir {str(path)!r} exists and is not empty (use --force to replace it)")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise ConfigError(f"export dir {shown!r} exists and is not empty (use --force to replace it)")
+        for entry in path.iterdir():  # the dir itself stays (it may be a symbolic link's target)
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _not_exported(path: Path) -> list[str]:
+    """What in the dir `path` no export wrote (by its `EXPORT_MARKER`, and theirs for the dirs it lists); ["*"]
+    when it has no marker."""
+    marker = path / EXPORT_MARKER
+    try:
+        listed = set(json.loads(marker.read_text())["files"]) if not marker.is_symlink() else None
+    except (OSError, ValueError, KeyError, TypeError):  # none there, or not ours
+        listed = None
+    if listed is None:
+        return ["*"]
+    foreign = []
+    for entry in sorted(path.iterdir()):
+        if entry.name == EXPORT_MARKER:
+            continue
+        if entry.name not in listed or entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.is_dir():
+            foreign += [f"{entry.name}/{name}" for name in _not_exported(entry)]
+    return foreign
+
+
+def _local_path(location: str) -> Path | None:
+    """A local path, or a `file://` URI's path; None in remote storage (s3://...)."""
+    if not is_uri(location):
+        return Path(location)
+    scheme, rest = location.split("://", 1)
+    return Path(rest.split("?", 1)[0]) if scheme.lower() == "file" else None
+
+
+def _write_marker(out_dir: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Mark `out_dir` as an export of `names` (see `clear_export_dir`)."""
+    (out_dir / EXPORT_MARKER).write_text(json.dumps({"files": sorted(names)}) + "\n")
 
 
 def _card(experiment: Experiment, params: dict[str, Any], metrics: dict[str, Any], out_dir: Path) -> str:

@@ -500,10 +500,11 @@ class Trainer:
         if resume is None or resume is False:
             return None
         if resume is True:
-            latest = ckpt.find_latest(args.output_dir)
-            if latest is None:
+            if not ckpt.list_checkpoints(args.output_dir):
                 raise CheckpointError(f"resume_from_checkpoint=True, but there is no checkpoint in {args.output_dir!r}")
-            return ckpt.check_checkpoint(latest)
+            # a damaged latest falls back to the one before it, with a warning; with none usable (warned too) the
+            # run starts over. A checkpoint named explicitly is never swapped for another: damaged, it is an error
+            return ckpt.find_latest_usable(args.output_dir)
         return ckpt.check_checkpoint(resume)
 
     def _make_reporters(self, args: TrainingArguments, optuna_trial: Any) -> list[Reporter]:
@@ -554,9 +555,14 @@ class Trainer:
         return model
 
     def _train_loader(self, batch_size: int, args: TrainingArguments) -> tuple[DataLoader, torch.Generator]:
-        # one generator, reseeded with seed + epoch before each epoch: the batch order is a function of the epoch
-        # alone, so a resumed run sees the same order, and the global RNG (dropout) is not drawn from by the loader
+        # the sampler's generator, reseeded with seed + epoch before each epoch: the batch order is a function of the
+        # epoch alone, so a resumed run sees the same order, and the global RNG (dropout) is not drawn from by the
+        # loader. The loader's own generator (the base seed a DataLoader draws when it makes an iterator) is another
+        # one: with persistent workers it makes one iterator a call, in the first epoch of that call, which is not
+        # the same epoch in a resumed run, and the order must not depend on it
         generator = torch.Generator()
+        workers = args.dataloader_num_workers > 0
+        worker_seeds = torch.Generator().manual_seed(args.seed)
         # a batch of a TensorDataset / ArrowDataset is fetched with one indexing per tensor (same batches)
         dataset, collate_fn = batched(self.task.train_dataset, self.task.collate_fn)
         loader = DataLoader(
@@ -566,8 +572,8 @@ class Trainer:
             collate_fn=collate_fn,
             num_workers=args.dataloader_num_workers,
             pin_memory=self.accelerator.device.type == "cuda",
-            persistent_workers=args.dataloader_num_workers > 0,
-            generator=generator,
+            persistent_workers=workers,
+            generator=worker_seeds,
         )
         if len(loader) == 0:
             raise ConfigError(f"task {self.task.name!r} has an empty train_dataset")

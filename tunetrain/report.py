@@ -38,6 +38,7 @@ STYLE_OF_STATUS = {
     "completed": "completed",
     "pruned": "stopped",
     "stopped_early": "stopped",
+    "timed_out": "stopped",
     "errored": "errored",
     "running": "running",
 }
@@ -69,6 +70,7 @@ class Curve(NamedTuple):
 
 def summary_text(experiment_dir: str | Path, top_k: int = 10) -> str:
     """A one-line header (trials per status, metric, best) and the top-k table, as `tunetrain report` prints."""
+    _check_top_k(top_k)
     result, _ = _load(experiment_dir)
     return f"{_header_line(result)}\n{result.table(top_k)}"
 
@@ -77,8 +79,9 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     """Write `report.html` and its three PNGs into `out_dir` (default: the experiment dir); return the html path.
 
     Raises `ConfigError` when the experiment dir does not exist, holds no `results.parquet`, or has no trial
-    with a finite value of the search metric yet.
+    with a finite value of the search metric yet, or `top_k` is below 1.
     """
+    _check_top_k(top_k)
     result, history = _load(experiment_dir)
     if out_dir is None and is_uri(str(experiment_dir)):
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} is in remote storage: give --out, a local dir")
@@ -165,6 +168,11 @@ def _load(experiment_dir: str | Path) -> tuple[SearchResult, list[dict[str, Any]
         )
     history = read_history(path, filesystem=filesystem)
     return result, history
+
+
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise ConfigError(f"`top_k` is {top_k}, but must be >= 1")
 
 
 def _errored_hint(result: SearchResult) -> str:
@@ -332,7 +340,7 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 tr.best td { background: #fff6d5; font-weight: 600; }
 .badge { display: inline-block; padding: 0.15em 0.6em; margin-right: 0.4em; border-radius: 1em; color: white; }
 .badge.zero { opacity: 0.35; }
-.completed { background: #1f77b4; } .stopped_early, .pruned { background: #ff7f0e; }
+.completed { background: #1f77b4; } .stopped_early, .pruned, .timed_out { background: #ff7f0e; }
 .errored { background: #d62728; } .running { background: #2ca02c; }
 .note { background: #eef7ee; border-left: 4px solid #2ca02c; padding: 0.5em 0.8em; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #ddd; }

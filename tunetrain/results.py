@@ -11,24 +11,38 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import posixpath
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tunetrain.errors import ConfigError
 from tunetrain.experiment import Experiment, experiment_from_dict
-from tunetrain.export import empty_dir, write_export
+from tunetrain.export import write_exports
 from tunetrain.formatting import format_value
 from tunetrain.parsing import parse_float
-from tunetrain.storage import ExperimentDir, experiment_location, is_dir, read_json, read_parquet, write_parquet
+from tunetrain.storage import (
+    ExperimentDir,
+    experiment_location,
+    is_dir,
+    is_local,
+    is_uri,
+    read_json,
+    read_parquet,
+    uri_for,
+    write_parquet,
+)
+from tunetrain.storage.files import damaged_message
 from tunetrain.storage.layout import HISTORY_NAME, RESULTS_NAME, STATE_NAME
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
 
-STATUSES = ("running", "completed", "stopped_early", "pruned", "errored")
+# timed_out: still training when the search's time budget ran out (the search then ends, finished)
+STATUSES = ("running", "completed", "stopped_early", "pruned", "timed_out", "errored")
 
 
 @dataclass
@@ -119,9 +133,10 @@ class SearchResult:
         done = f"{finished}/{total}" if total else str(finished)
         best = self.best
         best_text = f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
+        out_of_time = f"; {counts['timed_out']} out of time" if counts["timed_out"] else ""
         return (
             f"{done} done, {counts['running']} running, {counts['stopped_early'] + counts['pruned']} stopped early, "
-            f"{counts['errored']} errored; {best_text}"
+            f"{counts['errored']} errored; {best_text}{out_of_time}"
         )
 
 
@@ -212,12 +227,12 @@ class ResultsBook:
     def final_record(self, trial_id: str, status: str, error: str | None = None) -> dict[str, Any]:
         """A trial's record as it ends (`finish` it with the same `ended_at`), and its history rows: what `restore`
         takes back, as plain JSON."""
-        record = {**_record_row(self.trials[trial_id]), "status": status, "error": error, "ended_at": time.time()}
+        record = {**self._row(self.trials[trial_id]), "status": status, "error": error, "ended_at": time.time()}
         return {"record": record, "history": list(self._rows.get(trial_id, []))}
 
     def restore(self, final: dict[str, Any]) -> None:
         """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end."""
-        record = _row_record(final["record"])
+        record = _row_record(final["record"], _location(self.filesystem, self.experiment_dir))
         self.trials[record.trial_id] = record
         self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
         for row in final["history"]:
@@ -256,7 +271,7 @@ class ResultsBook:
         import pyarrow as pa
 
         results_schema, history_schema = _schemas()
-        rows = [_record_row(t) for t in sorted(self.trials.values(), key=lambda t: t.number)]
+        rows = [self._row(t) for t in sorted(self.trials.values(), key=lambda t: t.number)]
         results = pa.Table.from_pylist(rows, schema=results_schema)
         history = pa.Table.from_pylist(self.history, schema=history_schema)
         metadata = {b"metric": self.metric.encode(), b"mode": self.mode.encode()}
@@ -267,6 +282,15 @@ class ResultsBook:
         self._last_write = now
         self._dirty = False
 
+    def _row(self, record: TrialRecord) -> dict[str, Any]:
+        """A record as the files keep it (every record written goes through here): its checkpoint relative to the
+        experiment dir when it is inside it, so that the dir can be moved or copied (`read_results` joins it back)."""
+        row = _record_row(record)
+        row["best_checkpoint"] = _relative_checkpoint(
+            record.best_checkpoint, self.experiment_dir, local=is_local(self.filesystem)
+        )
+        return row
+
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
 
@@ -275,18 +299,21 @@ def read_results(
     experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None, missing_ok: bool = False
 ) -> SearchResult | None:
     """The `SearchResult` of an experiment directory (what its `results.parquet` holds): a local path or a URI, or
-    a path within `filesystem`."""
+    a path within `filesystem`. Checkpoints kept relative to the experiment dir come back joined to this one."""
     if filesystem is None:
         filesystem, where = experiment_location(experiment_dir)
+        location = uri_for(str(experiment_dir), where)
     else:
         where = str(experiment_dir)
-    table = read_parquet(filesystem, ExperimentDir(filesystem, where, where).results_path)
+        location = _location(filesystem, where)
+    path = ExperimentDir(filesystem, where, where).results_path
+    table = read_parquet(filesystem, path)
     if table is None:
         if missing_ok:
             return None
         raise ConfigError(f"experiment {str(experiment_dir)!r} has no {RESULTS_NAME}: no search has run there")
     metadata = table.schema.metadata or {}
-    trials = [_row_record(row) for row in table.to_pylist()]
+    trials = [_row_record(row, location) for row in _rows(table, path, ("trial_id", "number", "params"))]
     return SearchResult(
         str(experiment_dir), metadata.get(b"metric", b"").decode(), metadata.get(b"mode", b"max").decode(), trials
     )
@@ -309,7 +336,13 @@ def export_trials(
     top_k: int | None = None,
     force: bool = False,
 ) -> list[Path]:
-    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL)."""
+    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL).
+
+    `out_dir` must not be the experiment dir, inside it or around it; one that is not empty is replaced only with
+    `force`, and only when it holds an earlier export and nothing else (see `tunetrain.export`).
+    """
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"`top_k` is {top_k}, but must be >= 1")
     result, experiment = read_experiment(experiment_dir)
     if trial_id is not None:
         chosen = [t for t in result.trials if t.trial_id == trial_id]
@@ -320,13 +353,8 @@ def export_trials(
         chosen = result.ranked()[: top_k or 1]
         if not chosen:
             raise ConfigError(f"experiment {str(experiment_dir)!r} holds no finished trial with a finite metric")
-    out_dir = empty_dir(Path(out_dir), force)
-    if top_k is None or trial_id is not None:
-        return [write_export(out_dir, experiment, result, chosen[0])]
-    return [
-        write_export(out_dir / f"rank-{rank}-{trial.trial_id}", experiment, result, trial)
-        for rank, trial in enumerate(chosen, start=1)
-    ]
+    side_by_side = top_k is not None and trial_id is None
+    return write_exports(Path(out_dir), experiment, result, chosen, side_by_side=side_by_side, force=force)
 
 
 def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
@@ -384,15 +412,54 @@ def _record_row(record: TrialRecord) -> dict[str, Any]:
     return row
 
 
-def _row_record(row: dict[str, Any]) -> TrialRecord:
+def _row_record(row: dict[str, Any], location: str) -> TrialRecord:
+    """A record as the files keep it, read back in the experiment dir at `location` (see `_location`)."""
     row = dict(row)
     row["params"] = json.loads(row["params"] or "{}")
+    row["best_checkpoint"] = _resolved_checkpoint(row.get("best_checkpoint"), location)
     return TrialRecord(**row)
+
+
+def _location(filesystem: pyarrow.fs.FileSystem, path: str) -> str:
+    """What a user sees for a path in `filesystem`: the path on a local disk, else a URI of the filesystem's kind
+    (`s3://bucket/runs/x` for S3)."""
+    return path if is_local(filesystem) else f"{filesystem.type_name}://{path}"
+
+
+def _relative_checkpoint(checkpoint: str | None, experiment_path: str, *, local: bool) -> str | None:
+    """A checkpoint inside the experiment dir (a path in its filesystem) relative to it; any other as it is."""
+    if not checkpoint:
+        return checkpoint
+    if local and not is_uri(checkpoint):
+        path, base = Path(os.path.abspath(checkpoint)), Path(os.path.abspath(experiment_path))
+    elif not local and is_uri(checkpoint):  # a trial's checkpoint in remote storage: `scheme://` + the path in it
+        path = PurePosixPath(posixpath.normpath(checkpoint.split("://", 1)[1]))
+        base = PurePosixPath(posixpath.normpath(experiment_path))
+    else:
+        return checkpoint
+    return path.relative_to(base).as_posix() if path != base and path.is_relative_to(base) else checkpoint
+
+
+def _resolved_checkpoint(stored: str | None, location: str) -> str | None:
+    """A checkpoint as the results keep it, joined to the experiment dir's `location` when it is relative (an
+    absolute path or a URI, as results written before were, stays as it is)."""
+    if not stored or is_uri(stored) or os.path.isabs(stored) or stored.startswith("/"):
+        return stored
+    return f"{location.rstrip('/')}/{stored}"
 
 
 def _read_rows(filesystem: Any, path: str) -> list[dict[str, Any]]:
     table = read_parquet(filesystem, path)
-    return [] if table is None else table.to_pylist()
+    return [] if table is None else _rows(table, path, ("trial_id", "evaluation"))
+
+
+def _rows(table: Any, path: str, needed: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of a table tunetrain wrote; a ConfigError naming the file where it holds another table."""
+    missing = [name for name in needed if name not in table.column_names]
+    if missing:
+        reason = f"a table without the column(s) {', '.join(missing)} tunetrain writes"
+        raise ConfigError(damaged_message(path, reason))
+    return table.to_pylist()
 
 
 def _finite(value: float | None) -> bool:

@@ -5,6 +5,7 @@ and what every file and folder in it is called.
 - `files`: reading and writing files whole on any of those filesystems (local: temporary name, then rename;
   remote: the object whole, and a directory's marker file last).
 - `layout`: the name of every file and folder of an experiment dir and a run's output dir, and `ExperimentDir`.
+- `lock`: one driver per experiment (`ExperimentLock`).
 
 Nothing here imports anything else of tunetrain but its errors, and nothing heavy until it is used.
 """
@@ -27,9 +28,11 @@ from tunetrain.storage.files import (
 )
 from tunetrain.storage.layout import ExperimentDir
 from tunetrain.storage.location import experiment_location, is_local, is_uri, resolve_storage, uri_for
+from tunetrain.storage.lock import ExperimentLock
 
 __all__ = [
     "ExperimentDir",
+    "ExperimentLock",
     "copy_down",
     "exists",
     "experiment_location",

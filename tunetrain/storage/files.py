@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.errors import ConfigError
 from tunetrain.storage.location import is_local
 
 if TYPE_CHECKING:
@@ -59,10 +60,13 @@ def write_local_file(path: str | Path, data: bytes) -> None:
 
 
 def read_json(filesystem: FileSystem, path: str) -> Any:
-    """The JSON file at `path`, or None where there is none."""
+    """The JSON file at `path`, or None where there is none; a ConfigError naming it where it is damaged."""
     if not exists(filesystem, path):
         return None
-    return json.loads(read_bytes(filesystem, path).decode())
+    try:
+        return json.loads(read_bytes(filesystem, path).decode())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(damaged_message(path, exc)) from None
 
 
 def write_json(filesystem: FileSystem, path: str, value: Any) -> None:
@@ -71,12 +75,24 @@ def write_json(filesystem: FileSystem, path: str, value: Any) -> None:
 
 
 def read_parquet(filesystem: FileSystem, path: str) -> Any:
-    """The parquet table at `path` (a `pyarrow.Table`), or None where there is none."""
+    """The parquet table at `path` (a `pyarrow.Table`), or None where there is none; a ConfigError naming it where
+    it is damaged."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not exists(filesystem, path):
         return None
-    return pq.read_table(path, filesystem=filesystem)
+    try:
+        return pq.read_table(path, filesystem=filesystem)
+    except (pa.ArrowInvalid, OSError) as exc:  # garbage between parquet's magic bytes is an OSError ("thrift")
+        raise ConfigError(damaged_message(path, exc)) from None
+
+
+def damaged_message(path: str, reason: BaseException | str) -> str:
+    """The one line that says a file of an experiment is damaged, and what to do about it."""
+    text = str(reason).strip()
+    first = text.splitlines()[0] if text else type(reason).__name__
+    return f"{path!r} is damaged ({first}): restore it from a backup, or delete it (what it held is lost)"
 
 
 def write_parquet(filesystem: FileSystem, path: str, table: Any) -> None:

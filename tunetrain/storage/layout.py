@@ -2,6 +2,7 @@
 
 ```
 storage/NAME/                      an experiment dir (`ExperimentDir`)
+  .tunetrain.lock                  who is searching it now (one driver per experiment)
   search.json                      how the search was started, and whether it finished
   results.parquet                  a row per trial
   history.parquet                  a row per evaluation
@@ -12,7 +13,8 @@ storage/NAME/                      an experiment dir (`ExperimentDir`)
   experiment_state-*.json, ...     Ray's own state of the search (ray backend), and trial_<id>/ its token checkpoints
   ray-state-backup/                the last whole copy of Ray's own state
 OUTPUT_DIR/checkpoint-<step>/      a checkpoint of one run (see tunetrain.checkpoint), written whole
-EXPORT_DIR/                        model.safetensors, params.json, metrics.json, experiment.yaml, README.md
+EXPORT_DIR/                        model.safetensors, params.json, metrics.json, experiment.yaml, README.md,
+                                   .tunetrain-export (what the export wrote)
 ```
 
 The checkpoint's own files are named here too; `tunetrain.checkpoint` is the only module that builds a checkpoint's
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
 # --- an experiment dir
+LOCK_NAME = ".tunetrain.lock"  # held by the one driver searching the experiment (see tunetrain.storage.lock)
 STATE_NAME = "search.json"
 RESULTS_NAME = "results.parquet"
 HISTORY_NAME = "history.parquet"
@@ -43,7 +46,8 @@ PARAMS_PNG = "params.png"
 BEST_SO_FAR_PNG = "best_so_far.png"
 RAY_BACKUP_DIR = "ray-state-backup"
 TOKEN_NAME = "tunetrain.json"  # the one file of the token checkpoints a trial reports to Ray
-DAMAGED_SUFFIX = ".damaged"  # a file of Ray's state found cut short, moved aside before its backup is put back
+DAMAGED_SUFFIX = ".damaged"  # what cannot be read is moved aside under this suffix, never deleted: a file of Ray's
+# state found cut short (before its backup is put back), a checkpoint a resume skips
 STORAGE_CHECK_PREFIX = ".storage-check-"  # a marker every Ray node must read before a search on a cluster starts
 
 # --- a checkpoint: `checkpoint-<step>/` in a run's output dir
@@ -61,6 +65,7 @@ ARGS_NAME = "training_args.json"
 METRICS_NAME = "metrics.json"
 EXPERIMENT_NAME = "experiment.yaml"
 CARD_NAME = "README.md"
+EXPORT_MARKER = ".tunetrain-export"  # what an export wrote (JSON): the only dir `--force` may empty
 FINAL_DIR = "final"  # `tunetrain train EXPERIMENT_DIR`'s default output dir
 
 
@@ -134,5 +139,19 @@ class ExperimentDir:
         write_json(self.filesystem, self.state_path, state)
 
     def remove(self) -> None:
-        if self.exists():
+        """Delete the experiment dir; its lock stays, if there is one (the driver removing it holds it)."""
+        from pyarrow import fs
+
+        if not self.exists():
+            return
+        entries = self.filesystem.get_file_info(fs.FileSelector(self.path))
+        if all(info.base_name != LOCK_NAME for info in entries):
             self.filesystem.delete_dir(self.path)
+            return
+        for info in entries:
+            if info.base_name == LOCK_NAME:
+                continue
+            if info.type == fs.FileType.Directory:
+                self.filesystem.delete_dir(info.path)
+            else:
+                self.filesystem.delete_file(info.path)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tunetrain.errors import ConfigError, StorageError
 from tunetrain.experiment import Experiment, experiment_from_dict, load_experiment
 from tunetrain.results import read_results
-from tunetrain.storage import ExperimentDir
+from tunetrain.storage import ExperimentDir, ExperimentLock
 from tunetrain.tuning.config import BACKENDS, SearchConfig, with_cli_overrides
 
 if TYPE_CHECKING:
@@ -51,21 +51,39 @@ def search(
     options["gpus_per_trial"] = gpus_per_trial
     config = _config(experiment, options)
     exp_dir = ExperimentDir.open(config.storage, experiment.name)
-    state = None if restart else exp_dir.read_state()
-    if state is not None and state.get("experiment") != experiment.to_dict():
-        # Ray restores a search with the settings it started with; so does tunetrain, on both backends
-        logger.warning(
-            "the experiment file (or --set / flags) changed since this search started; it continues with the "
-            "settings it started with, at this storage and address (use --restart to start over with the new ones)"
+    with ExperimentLock(exp_dir):  # one driver per experiment; the state is read under the lock
+        state = None if restart else exp_dir.read_state()
+        if state is not None:
+            experiment, config = _as_started(experiment, config, state, options)
+        if state is not None and state.get("status") == "finished":
+            logger.info("experiment %r finished earlier (%s); --restart runs it again", experiment.name, exp_dir.uri)
+            result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
+            logger.info("%s\n\n%s\n", result.summary_line(), result.table())
+            return result
+        return _run(experiment, config, exp_dir, started=state is not None, restart=restart)
+
+
+def _as_started(
+    experiment: Experiment, config: SearchConfig, state: dict[str, Any], options: dict[str, Any]
+) -> tuple[Experiment, SearchConfig]:
+    """The experiment and config a search continues with: those it started with (as Ray restores a search with its
+    settings, so does tunetrain, on both backends), on the backend it started on."""
+    started_on = state.get("backend")  # None in a search.json written before the backend was recorded
+    if started_on is not None and config.backend != started_on:
+        raise ConfigError(
+            f"experiment {experiment.name!r} started on the {started_on} backend, but this run asks for "
+            f"{config.backend}: a search continues on the backend it started on (--backend {started_on}), or "
+            f"--restart starts it over on {config.backend}"
         )
-        experiment = experiment_from_dict(state["experiment"])
-        config = _config(experiment, {"address": address, "storage": storage})
-    if state is not None and state.get("status") == "finished":
-        logger.info("experiment %r finished earlier (%s); --restart runs it again", experiment.name, exp_dir.uri)
-        result = read_results(exp_dir.path, filesystem=exp_dir.filesystem)
-        logger.info("%s\n\n%s\n", result.summary_line(), result.table())
-        return result
-    return _run(experiment, config, exp_dir, started=state is not None, restart=restart)
+    if state.get("experiment") == experiment.to_dict():
+        return experiment, config
+    logger.warning(
+        "the experiment file (or --set / flags) changed since this search started; it continues with the "
+        "settings it started with, at this storage and address (use --restart to start over with the new ones)"
+    )
+    experiment = experiment_from_dict(state["experiment"])
+    kept = {"address": options["address"], "storage": options["storage"], "backend": started_on}
+    return experiment, _config(experiment, kept)
 
 
 def _run(
@@ -84,7 +102,8 @@ def _run(
             logger.info("--restart: removing %s", exp_dir.uri)
             exp_dir.remove()
         if not started:
-            exp_dir.write_state({"status": "running", "experiment": experiment.to_dict(), "started_at": time.time()})
+            begun = {"status": "running", "experiment": experiment.to_dict(), "backend": config.backend}
+            exp_dir.write_state({**begun, "started_at": time.time()})
         else:
             logger.info("resuming experiment %r from %s", experiment.name, exp_dir.uri)
         try:

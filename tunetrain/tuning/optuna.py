@@ -22,7 +22,9 @@ reported as errored. `time_budget_s` works as `optimize(timeout=...)` does: no n
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from tunetrain.errors import ConfigError, NonFiniteLossError
 from tunetrain.reporting import Reporter
 from tunetrain.results import ResultsBook
+from tunetrain.storage import write_local_file
+from tunetrain.storage.files import damaged_message
 from tunetrain.storage.layout import JOURNAL_NAME
 from tunetrain.tuning.backend import Backend
 from tunetrain.tuning.components import make_pruner, make_sampler
@@ -127,6 +131,7 @@ def open_study(experiment: Experiment, config: SearchConfig, exp_dir: Experiment
     """The experiment's study in `exp_dir/optuna.journal`, created (with `points_to_evaluate` enqueued) if new."""
     import optuna
 
+    repair_journal(exp_dir.journal_path)  # before Optuna appends a record to it (create_study appends one)
     study = optuna.create_study(
         storage=journal_storage(exp_dir.path),
         study_name=experiment.name,
@@ -147,6 +152,57 @@ def journal_storage(experiment_dir: str | Path) -> optuna.storages.JournalStorag
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(f"{experiment_dir}/{JOURNAL_NAME}"))
+
+
+_RECORD_START = b'{"op_code":'  # how each line of Optuna's journal begins (json.dumps of a dict, op_code first)
+
+
+def repair_journal(path: str | Path) -> None:
+    """Cut a line torn by a kill off the end of the journal at `path`, before Optuna appends to it again.
+
+    Optuna writes each record as one JSON line. A kill in the middle of a write leaves the last line cut short,
+    which Optuna skips when it reads, but its next record would be glued onto it (the two lost, and the journal
+    unreadable after it). The torn bytes are kept beside it (`optuna.journal.torn-<time>`), with a warning. A
+    journal damaged anywhere else (a line that is not one of Optuna's records) is a ConfigError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    whole = lines[-1] == b""  # the journal ends with a newline, as each of Optuna's appends does
+    if whole:
+        lines.pop()
+    for number, line in enumerate(lines[:-1], start=1):
+        if not _is_record(line):
+            raise ConfigError(damaged_message(str(path), f"line {number} is not one of Optuna's records"))
+    last = lines[-1] if lines else b""
+    if not last or (_is_record(last) and whole):
+        return
+    if _is_record(last):  # a whole record, cut off just before its newline
+        with path.open("ab") as journal:
+            journal.write(b"\n")
+        return
+    if not (last.startswith(_RECORD_START) or _RECORD_START.startswith(last)):
+        raise ConfigError(damaged_message(str(path), f"line {len(lines)}, its last, is not one of Optuna's records"))
+    keep = len(data) - len(last) - int(whole)  # the torn line, and its newline where it has one
+    torn = Path(f"{path}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_local_file(torn, data[keep:])
+    os.truncate(path, keep)
+    logger.warning(
+        "%s: its last line was cut short (a kill while Optuna wrote it): %d bytes dropped, kept in %s",
+        path,
+        len(data) - keep,
+        torn.name,
+    )
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return isinstance(record, dict) and isinstance(record.get("op_code"), int)
 
 
 def requeue_interrupted(study: optuna.Study) -> list[str]:
@@ -255,7 +311,8 @@ class _TrialRunner:
         from tunetrain import checkpoint as ckpt
         from tunetrain.loop import Trainer
 
-        resume_from = ckpt.find_latest(args.output_dir) if resuming else None
+        # a damaged latest checkpoint (cut short by a kill) is moved aside with a warning: the one before it is used
+        resume_from = ckpt.find_latest_usable(args.output_dir) if resuming else None
         if resume_from is not None:
             _replay_evaluations(trial, self.book, trial_id, resume_from, args.objective_metric)
             logger.info("%s resumes from %s", trial_id, resume_from)
@@ -276,7 +333,7 @@ class _TrialRunner:
                 if failures >= self.config.max_failures:
                     raise _TrialErrored(str(exc)) from exc
                 failures += 1
-                resume_from = ckpt.find_latest(args.output_dir)
+                resume_from = ckpt.find_latest_usable(args.output_dir)
                 logger.warning(
                     "%s raised %s; retry %d of %d from %s",
                     trial_id,

@@ -17,13 +17,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
 from tunetrain.errors import ConfigError
-from tunetrain.results import read_results
+from tunetrain.results import ResultsBook, read_results
 from tunetrain.tuning.backend import Backend
 from tunetrain.tuning.components import make_ray_scheduler, make_sampler
 from tunetrain.tuning.ray import cluster, state
@@ -32,6 +34,8 @@ from tunetrain.tuning.ray.protocol import OBJECTIVE
 from tunetrain.tuning.ray.search_state import SearchState
 from tunetrain.tuning.ray.worker import TrialSpec, run_trial
 from tunetrain.tuning.trial import max_t_for
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
@@ -67,7 +71,11 @@ class RayBackend(Backend):
             tuner = tune.Tuner(
                 trainable, tune_config=self._tune_config(search_state), run_config=self._run_config(search_state)
             )
+        fit_started = time.monotonic()
         grid = tuner.fit()
+        out_of_time = (
+            self.config.time_budget_s is not None and time.monotonic() - fit_started >= self.config.time_budget_s
+        )
         user_errors = [error for error in map(config_error_in, grid.errors) if error is not None]
         if user_errors:
             # a user error inside a trial (a metric compute_metrics never returns, bad model params): every trial
@@ -77,10 +85,27 @@ class RayBackend(Backend):
         # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
         # with no time budget to explain it, mean the search is not done
         running = result.counts()["running"]
+        if running and out_of_time:
+            return self._end_by_budget()
         missing = self.config.time_budget_s is None and len(result.trials) < self.num_samples()
         if running or missing:
             raise KeyboardInterrupt(f"{running} trial(s) left running")
         return result
+
+    def _end_by_budget(self) -> SearchResult:
+        """The time budget ran out (Tune stopped every trial, and told nobody): the search is finished, and the
+        trials still training are recorded as out of time, with what they had evaluated."""
+        book = ResultsBook(self.exp_dir.path, metric=self.config.metric, mode=self.config.mode,
+                           filesystem=self.exp_dir.filesystem)  # fmt: skip
+        book.load()
+        for record in list(book.trials.values()):
+            if record.status == "running":
+                book.finish(record.trial_id, "timed_out")
+        logger.warning(
+            "search.time_budget_s (%ss) ran out: the search ends here, its trials still training recorded as "
+            "timed_out", self.config.time_budget_s,
+        )  # fmt: skip
+        return book.result()
 
     def _restore(self, trainable: Any) -> tune.Tuner:
         """The Tuner Ray saved, its state repaired first (a snapshot cut short, token checkpoints deleted early)."""

@@ -3,9 +3,13 @@ anything of the experiment is written (resources for one trial, storage every no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -49,6 +53,24 @@ def _init_ray(config: SearchConfig) -> bool:
     """Connect to `address`, or start a local Ray on 127.0.0.1; False when Ray was already up in this process."""
     if ray.is_initialized():
         return False
+    with _sigterm_handler_kept():
+        return _start_or_join(config)
+
+
+@contextlib.contextmanager
+def _sigterm_handler_kept() -> Iterator[None]:
+    """Keep the SIGTERM handler the caller installed (the CLI's, which stops a search as Ctrl-C does) across
+    `ray.init`, which replaces it with `sys.exit` and a stack dump. A process without one keeps Ray's."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _start_or_join(config: SearchConfig) -> bool:
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     address = cluster_address(config)
     if address:
@@ -62,8 +84,29 @@ def _init_ray(config: SearchConfig) -> bool:
         return True
     # "local": a Ray of its own, even where `ray start` left a cluster's address behind (/tmp/ray/ray_current_cluster,
     # which a bare ray.init() would join, and fail on once that cluster is gone)
+    _keep_on_loopback()
     ray.init(address="local", _node_ip_address="127.0.0.1", **common)
     return True
+
+
+def _keep_on_loopback() -> None:
+    """A local Ray listens on 127.0.0.1 only, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 says otherwise.
+
+    Ray reads that variable once, when it is first imported, and the driver's choice of address follows it: imported
+    before (by the user's script, or a task file that imports ray), its GCS and raylet would listen on every
+    interface. The variable covers the processes Ray starts; its constant (private to Ray: if Ray renames it, this
+    sets nothing, and tests/test_cli_faults.py's loopback test fails) covers the driver's own choice.
+    """
+    if os.environ.get(_RAY_CLUSTER_ENV, "0") != "0":
+        return  # the user asked for a local Ray other machines can join
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    from ray._private import ray_constants
+
+    if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def cluster_address(config: SearchConfig) -> str | None:

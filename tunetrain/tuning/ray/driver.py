@@ -44,12 +44,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.search_state = search_state
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if values_of(result).get("error"):
+        if values_of(result).get("error") or not self._knows(trial_id):
             return
         # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
         super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not self._knows(trial_id):
+            return
         if values_of(result).get("error"):  # it diverged: FAIL, as Optuna does with a NaN objective
             super().on_trial_complete(trial_id, result=None, error=True)
             return
@@ -71,6 +73,17 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=None, error=False)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _knows(self, trial_id: str) -> bool:
+        """Whether the study has this trial. Ray saves its searcher's state and its own in separate files; a kill or
+        a full disk between the two can restore a trial Ray knows and the searcher does not (OptunaSearch then
+        fails the whole search with a KeyError). Such a trial trains on; the study misses its values."""
+        if trial_id in self._ot_trials:
+            return True
+        if trial_id not in self.search_state.unknown_trials:
+            self.search_state.unknown_trials.add(trial_id)
+            logger.warning("trial %s is not in the study Ray restored: Optuna is not told of its results", trial_id)
+        return False
 
 
 class Bookkeeper(tune.Callback):

@@ -113,8 +113,10 @@ class TrialStore:
 
         from tunetrain import checkpoint as ckpt
 
+        # the latest that reads whole: a damaged one is moved aside (checkpoint-N.damaged) with a warning, and the one
+        # before it is used (see ckpt.find_latest_usable)
         if self.local:
-            latest = ckpt.find_latest(self.path)
+            latest = ckpt.find_latest_usable(self.path)
             return str(latest) if latest else None
         found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
         steps = sorted(
@@ -124,13 +126,20 @@ class TrialStore:
         )
         # every complete one comes down (the loop keeps a few: the best and the latest), so that the local rotation,
         # which `persist` mirrors, sees them all; an incomplete one (its trainer_state.json missing) stays behind
-        latest = None
+        copied = {}
         for _, remote in steps:
             if is_file(self.filesystem, f"{remote}/{TRAINER_STATE_NAME}"):
-                local = Path(self.output_dir) / Path(remote).name
-                copy_down(self.filesystem, remote, local)
-                latest = str(local)
-        return latest
+                copy_down(self.filesystem, remote, Path(self.output_dir) / Path(remote).name)
+                copied[Path(remote).name] = remote
+        latest = ckpt.find_latest_usable(self.output_dir)
+        # those it moved aside here are moved aside in the storage too: `persist` deletes what is no longer here
+        storage = self.filesystem
+        for name in copied.keys() - {p.name for p in ckpt.list_checkpoints(self.output_dir)}:
+            aside = ckpt.aside_name(copied[name], lambda path: storage.get_file_info(path).type != fs.FileType.NotFound)
+            storage.create_dir(aside, recursive=True)  # an object store has no rename: a copy, then a delete
+            fs.copy_files(copied[name], aside, source_filesystem=storage, destination_filesystem=storage)
+            storage.delete_dir(copied[name])
+        return str(latest) if latest else None
 
     def persist(self, checkpoint: Path) -> None:
         """Copy a checkpoint the loop has just saved (and rotated) up to remote storage; a no-op on a local one."""
