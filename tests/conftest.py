@@ -20,6 +20,8 @@ sys.path.insert(0, str(TESTS))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # generated MNIST-1D data is cached under /tmp, not the user's ~/.cache (search workers inherit this)
 os.environ.setdefault("TUNETRAIN_CACHE_DIR", "/tmp/tunetrain-test-cache")
+# the key that seals Ray's saved state (tunetrain.storage.signing) is the tests' own, not the user's ~/.config one
+os.environ.setdefault("TUNETRAIN_KEY_FILE", "/tmp/tunetrain-test-key/state.key")
 
 
 def _in_ci() -> bool:

@@ -163,10 +163,10 @@ def check_runs(
 
 
 def kill_search(driver: Any, sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to the driver's process group (the driver and the local Ray it started), then wait until every
-    process the driver had started has exited: Ray's trial workers are outside the group (seen here: two
-    `ray::ImplicitFunc.train` outlive the driver) and live on until they notice, finishing a checkpoint meanwhile.
-    Only then is what the search left on disk final. Any still there after a minute are killed."""
+    """Send `sig` at once to the driver's process group (the driver and the local Ray it started) and to every
+    process it started: Ray's trial workers are outside the group, and a kill of the driver alone leaves them
+    training, finishing a checkpoint meanwhile (seen here). Then wait until every one of them has exited: only then
+    is what the search left on disk final. Any still there after a minute are killed."""
     import psutil
 
     try:
@@ -174,12 +174,35 @@ def kill_search(driver: Any, sig: int = signal.SIGKILL) -> None:
     except psutil.Error:  # the driver already ended
         started = []
     os.killpg(driver.pid, sig)
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
     driver.wait()
     _, alive = psutil.wait_procs(started, timeout=60)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=10)
+
+
+def wait_for(condition: Any, driver: Any, timeout: float = 150) -> bool:
+    """Poll `condition()` every 10 ms until it holds (True), the driver ends or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and driver.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def saving(exp_dir: Path) -> list[Path]:
+    """The checkpoints some trial of the experiment is writing now (or was, when it was killed)."""
+    return list(exp_dir.glob("trials/*/.tmp-checkpoint-*"))
+
+
+def complete_checkpoints(exp_dir: Path) -> set[Path]:
+    """Every trial's complete checkpoints now."""
+    return {path for trial in exp_dir.glob("trials/*") for path in ckpt.list_checkpoints(trial)}
 
 
 def wait_until_partway(exp_path: str, driver: Any, *, finished: int, filesystem: Any = None) -> dict[str, float]:

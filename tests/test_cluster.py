@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from slow_search import EPOCH, STEPS, cli, runs_of, slow_search
+from conftest import ROOT, TESTS
+from slow_search import EPOCH, STEPS, cli, runs_of, slow_search, write_experiment
 
 from tunetrain.results import read_results
 
@@ -181,3 +181,32 @@ def test_trials_run_on_both_hosts_and_resume_on_the_head_when_the_worker_host_fa
     assert 0 < second_steps < STEPS and (STEPS - second_steps) % EPOCH == 0
     assert STEPS - second_steps <= first_steps
     assert json.loads(stdout.strip().splitlines()[-1])["best"]["trial_id"] in {t.trial_id for t in results.trials}
+
+
+def test_storage_that_a_node_cannot_see_is_refused_in_one_line_before_anything_starts(cluster, tmp_path):
+    # the worker host sees its own empty directory where the head keeps the experiment (a mount of its own, as a
+    # local disk on each machine would be)
+    _, worker, env = cluster
+    hidden = tmp_path / "on-the-head-only"
+    hidden.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("hiding a directory from one host needs util-linux's `unshare`")
+    try:
+        _run(*_in(worker, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                  'mount -t tmpfs none "$0" && exec "$@"', str(hidden),
+                  _RAY_CLI, "start", f"--address={HEAD}:{PORT}", f"--node-ip-address={WORKER}", *_COMMON),
+             env=env)  # fmt: skip
+        experiment = write_experiment(tmp_path, f"{TESTS / 'tiny_task.py'}:task", storage=str(hidden / "runs"))
+        refused = subprocess.run(
+            _in(cluster[0], *cli("search", str(experiment), "--address", f"{HEAD}:{PORT}")),
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        _kill_host(worker)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"tunetrain: error: `search.storage` {str(hidden / 'runs' / 'killed')!r} is not reachable from Ray node(s) "
+        f"{WORKER}: use a directory shared by every node (e.g. NFS) or a URI such as s3://bucket/path"
+    )
+    exp_dir = hidden / "runs" / "killed"
+    assert not (exp_dir / "search.json").exists() and not list(exp_dir.glob("trial*"))  # nothing started

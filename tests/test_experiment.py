@@ -258,6 +258,25 @@ def test_every_problem_with_the_space_params_that_set_fields_is_reported_togethe
         assert part in message
 
 
+@pytest.mark.parametrize("name", sorted(SET_BY_THE_SEARCH))
+def test_a_field_that_is_not_a_hyperparameter_is_refused_in_params_too(name):
+    raw = {"name": "x", "task": "m:t", "params": {name: "anything"}}
+    with pytest.raises(ConfigError, match=rf"^`params.{name}` is not a hyperparameter: set it under `train:`$"):
+        experiment_from_dict(raw)
+
+
+def test_params_that_set_fields_are_checked_against_them_at_load_and_the_others_go_to_the_task():
+    params = {"learning_rate": "fast", "num_train_epochs": -1, "hidden_size": "whatever the factory takes"}
+    with pytest.raises(ConfigError) as caught:
+        experiment_from_dict({"name": "x", "task": "m:t", "params": params})
+    message = str(caught.value)
+    assert "\n" not in message and "hidden_size" not in message
+    assert "`params.learning_rate` is 'fast' (str), but must be a float" in message
+    assert "`params.num_train_epochs`" in message
+    fine = experiment_from_dict({"name": "x", "task": "m:t", "params": {"learning_rate": 1, "hidden_size": 8}})
+    assert fine.params == {"learning_rate": 1, "hidden_size": 8}
+
+
 def test_training_arguments_check_value_uses_the_fields_own_rules():
     args = TrainingArguments(output_dir="/tmp/unused", max_steps=100)
     assert args.check_value("num_train_epochs", 2) == 2.0

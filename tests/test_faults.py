@@ -120,23 +120,38 @@ def test_a_run_killed_again_and_again_resumes_to_the_same_weights_as_one_left_al
     assert subprocess.run([*cli, str(experiment("alone"))], env=env, capture_output=True).returncode == 0
 
     killed = experiment("killed")
+    out = tmp_path / "killed"
     rng = random.Random(0)
-    kills = 0
+    landed = []  # where each kill landed: "mid-save" (its partial copy left behind) or "between saves"
     for attempt in range(6):
-        process = subprocess.Popen([*cli, str(killed), *(["--resume"] if attempt else [])], env=env,
+        before = set(ckpt.list_checkpoints(out))
+        resume = ["--resume"] if before else []  # nothing to resume from before the first complete checkpoint
+        process = subprocess.Popen([*cli, str(killed), *resume], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(rng.uniform(2.5, 4.0))  # the start-up (imports) takes ~2.5 s here; then 48 saves of ~0.2 s
+        partial = f".tmp-checkpoint-*-{process.pid}"  # a save of this process in progress (0.15 s at least)
+
+        def happened(attempt: int = attempt, partial: str = partial, before: set = before) -> bool:
+            if attempt % 2 == 0:  # as soon as it writes a checkpoint
+                return any(out.glob(partial))
+            return bool(set(ckpt.list_checkpoints(out)) - before)  # at a random point after it wrote one whole
+
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not happened() and time.monotonic() < deadline:
+            time.sleep(0.005)
         if process.poll() is not None:
             break
+        if attempt % 2:
+            time.sleep(rng.uniform(0, 0.2))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills += 1
+        landed.append("mid-save" if any(out.glob(partial)) else "between saves")
         # whatever the kill interrupted, only complete checkpoints carry a checkpoint's name
-        for path in (tmp_path / "killed").glob("checkpoint-*"):
+        for path in out.glob("checkpoint-*"):
             assert (path / ckpt.TRAINER_STATE_NAME).is_file() and (path / ckpt.WEIGHTS_NAME).is_file()
     finish = subprocess.run([*cli, str(killed), "--resume"], env=env, capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr[-2000:]
-    assert kills >= 2, "the runs ended before they could be killed"
+    assert len(landed) >= 4, f"the runs ended before they could be killed: {landed}"
+    assert landed.count("mid-save") >= 2, landed
     alone = load_file(tmp_path / "alone" / "model.safetensors")
     resumed = load_file(tmp_path / "killed" / "model.safetensors")
     assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -19,10 +21,13 @@ from slow_search import (
     check_runs,
     checkpoints_left,
     cli,
+    complete_checkpoints,
     env,
     kill_search,
     runs_of,
+    saving,
     slow_search,
+    wait_for,
     wait_until_partway,
     write_experiment,
 )
@@ -97,13 +102,21 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
     rng = random.Random(6)
     completed: dict[str, float] = {}  # trial id -> ended_at, of the trials the results said completed
     kills: list[dict[str, tuple[int, int]]] = []  # after each kill: each trial's runs so far and latest checkpoint
-    for _ in range(3):
+    for number in range(3):
         driver = subprocess.Popen(
             cli("search", str(experiment)), env=env(), start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(rng.uniform(5, 15))
+        if number == 0:  # the first kill lands while a trial writes a checkpoint (driver and workers at once)
+            assert wait_for(lambda: saving(exp_dir), driver), "no checkpoint was written"
+        else:  # the others at a random point after this run's first checkpoint
+            before = complete_checkpoints(exp_dir)
+            wrote_one = lambda before=before: complete_checkpoints(exp_dir) - before  # noqa: E731
+            assert wait_for(wrote_one, driver), "the rerun wrote no checkpoint"
+            time.sleep(rng.uniform(0, 4))
         kill_search(driver)
+        if number == 0:
+            assert saving(exp_dir), "the kill did not land in the middle of a checkpoint"  # its partial copy is left
         kills.append(checkpoints_left(exp_dir, logs))
         results = read_results(exp_dir, missing_ok=True)
         for trial in results.trials if results else []:
@@ -112,13 +125,16 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
             elif trial.status == "completed":
                 completed[trial.trial_id] = trial.ended_at
 
-    # and the last kill cut Ray's own snapshot short (Ray overwrites it in place): the search resumes from its backup
+    # and the last kill cut Ray's own snapshot short (Ray overwrites it in place): the search resumes from the copy
+    # it sealed
     newest = sorted(exp_dir.glob("experiment_state-*.json"))[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
 
     rerun = subprocess.run(cli("search", str(experiment)), env=env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"Ray's saved state {newest.name} was cut short" in rerun.stderr
+    assert re.search(
+        rf"Ray's saved state [^\n]*{re.escape(newest.name)}[^\n]* was not the copy tunetrain sealed", rerun.stderr
+    )
     results = read_results(exp_dir)
     done = [t for t in results.trials if t.status == "completed"]
     assert len(done) == 6 and sorted(t.params["hidden"] for t in done) == list(range(4, 16, 2))
@@ -138,6 +154,65 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
             if runs:  # any run it had resumed like any other
                 check_runs(logs, trial.trial_id, left=left, completed=False)
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
+
+
+PAYLOAD = """
+import os, pickle, sys
+
+class Payload:
+    def __reduce__(self):
+        return (os.mkdir, ({marker!r},))
+
+sys.stdout.buffer.write(pickle.dumps(Payload()))
+"""
+
+
+def test_code_planted_in_rays_saved_state_never_runs_and_the_search_resumes_from_what_it_sealed(tmp_path):
+    # whoever can write the storage replaces the pickles of an interrupted search (issue 12, row 3: before, the
+    # payload ran in the driver on the rerun)
+    logs, experiment = slow_search(tmp_path)
+    exp_dir = tmp_path / "runs" / "killed"
+    driver = subprocess.Popen(
+        cli("search", str(experiment)), env=env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        done_before = wait_until_partway(str(exp_dir), driver, finished=1)
+        assert done_before, "the search did not get far enough to be killed"
+    finally:
+        kill_search(driver)
+    left = checkpoints_left(exp_dir, logs)
+
+    marker = tmp_path / "payload-ran"
+    payload = subprocess.run([sys.executable, "-c", PAYLOAD.format(marker=str(marker))], capture_output=True).stdout
+    planted = [*exp_dir.glob("searcher-state-*.pkl"), exp_dir / "tuner.pkl", exp_dir / "searcher-state-9999.pkl",
+               exp_dir / "search_gen_state-9999.json", exp_dir / "callback-states-9999.pkl"]  # fmt: skip
+    for path in planted:
+        path.write_bytes(payload)
+    # and a newer snapshot of Ray's controller, with a pickle inside, as Ray's own JSON encoder writes one
+    newer = json.loads(sorted(exp_dir.glob("experiment_state-*.json"))[-1].read_text())
+    newer["runner_data"]["_planted"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}
+    (exp_dir / "experiment_state-9999-99-99_99-99-99.json").write_text(json.dumps(newer))
+
+    # on a machine without the key that sealed it: refused in one line, nothing touched
+    elsewhere = env(TUNETRAIN_KEY_FILE=str(tmp_path / "other-machine" / "state.key"))
+    refused = subprocess.run(cli("search", str(experiment)), env=elsewhere, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert "sealed with a key this machine does not have" in refused.stderr.splitlines()[-1]
+    assert not marker.exists() and all(path.read_bytes() == payload for path in planted)
+
+    rerun = subprocess.run(cli("search", str(experiment)), env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not marker.exists(), "the planted pickle ran"
+    assert "was not the copy tunetrain sealed" in rerun.stderr
+    aside = exp_dir / "ray-state-backup" / "set-aside"
+    assert {path.name for path in planted} | {"experiment_state-9999-99-99_99-99-99.json"} <= {
+        path.name for path in aside.iterdir()
+    }
+    results = read_results(exp_dir)
+    assert len(results.trials) == 6 and {t.status for t in results.trials} == {"completed"}
+    check_resumed(logs, results, done_before, left)  # from the sealed state: every interrupted trial resumed
 
 
 @pytest.mark.parametrize(

@@ -123,8 +123,9 @@ def test_built_directly_the_objective_falls_back_on_the_arguments():
         ({"mode": "maximize"}, "`search.mode` is 'maximize', but must be one of max | min"),
         ({"storage": ""}, "`search.storage` is '', but must be a directory or a URI"),
         ({"storage": 3}, "`search.storage` is 3, but must be a directory or a URI"),
-        ({"address": "localhost"}, "`search.address` is 'localhost', but must be auto, ray://host:port or host:port"),
-        ({"address": "ray://h:70000"}, "`search.address` is 'ray://h:70000', but must be auto"),
+        ({"address": "localhost"}, "`search.address` is 'localhost', but must be auto or host:port"),
+        ({"address": "h:70000"}, "`search.address` is 'h:70000', but must be auto"),
+        ({"address": "ray://h:10001"}, "`search.address` is 'ray://h:10001', but Ray Client (ray://) is not supported"),
         ({"max_failures": -1}, "`search.max_failures` is -1, but must be >= 0"),
         ({"keep_checkpoints_per_trial": 0}, "`search.keep_checkpoints_per_trial` is 0, but must be >= 1"),
         ({"num_trial": 4}, "`search.num_trial` is not a search key (did you mean `num_trials`?)"),
@@ -187,7 +188,7 @@ def test_a_gpu_cannot_go_with_use_cpu():
 def test_an_address_needs_the_ray_backend():
     with pytest.raises(ConfigError, match=r"`search.address` names a Ray cluster, but the backend is optuna"):
         _load({"backend": "optuna", "address": "auto"})
-    for address in ("auto", "ray://10.0.0.1:10001", "head-node:6379", "[::1]:6379"):
+    for address in ("auto", "10.0.0.1:6379", "head-node:6379", "[::1]:6379"):
         assert _load({"address": address}).address == address
 
 
@@ -479,3 +480,14 @@ def test_an_int_past_the_float_range_is_not_a_finite_number():
     with pytest.raises(ConfigError, match=message):  # not an OverflowError
         _load({"time_budget_s": 10**400})
     assert _load({"resources_per_trial": {"cpu": 10**30}}).resources_per_trial.cpu == 10**30  # an int stays an int
+
+
+def test_a_ray_client_address_in_the_environment_is_refused_as_in_the_file(monkeypatch):
+    from tunetrain.tuning.ray.cluster import cluster_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(ConfigError, match=r"^RAY_ADDRESS is 'ray://head:10001', but Ray Client \(ray://\) is not"):
+        cluster_address(_load({}))
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert cluster_address(_load({})) == "head:6379"
+    assert cluster_address(_load({"address": "other:6379"})) == "other:6379"

@@ -807,3 +807,26 @@ def test_property_conditional_params_are_sampled_exactly_when_active(mapping, se
             assert (name in params) == space.is_active(name, params)
     params, _ = space.defaults()
     assert space.validate(params, require_all=True) == params
+
+
+def test_ten_thousand_bad_or_repeated_choices_are_named_three_at_a_time():
+    # before: one line of ~300 KB, every repeat named
+    repeated = {"c": {"type": "categorical", "choices": [i % 7 for i in range(10_000)]}}
+    with pytest.raises(ConfigError) as caught:
+        SearchSpace.from_mapping(repeated)
+    assert str(caught.value) == (
+        "`space.c.choices` has 0 twice; `space.c.choices` has 1 twice; `space.c.choices` has 2 twice; "
+        "`space.c.choices` repeats 9990 more values"
+    )
+    nested = {"c": {"type": "categorical", "choices": [[i] for i in range(10_000)]}}
+    with pytest.raises(ConfigError) as caught:
+        SearchSpace.from_mapping(nested)
+    message = str(caught.value)
+    assert len(message) < 600 and message.endswith("`space.c.choices` has 9997 more such choices"), message
+
+
+def test_true_1_and_1_0_are_still_one_choice_to_optuna():
+    with pytest.raises(ConfigError, match=r"has 1 and True, which compare equal"):
+        SearchSpace.from_mapping({"c": {"type": "categorical", "choices": [1, True]}})
+    with pytest.raises(ConfigError, match=r"has 1 and 1\.0, which compare equal"):
+        SearchSpace.from_mapping({"c": {"type": "categorical", "choices": [1, 1.0]}})

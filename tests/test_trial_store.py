@@ -4,10 +4,12 @@ copied back down by a restarted trial, which resumes from them. No Ray session: 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from pyarrow import fs
 
 from tunetrain import Trainer, TrainingArguments
@@ -154,3 +156,20 @@ def test_a_trial_s_final_record_comes_back_whole_through_its_ended_json(tmp_path
     assert record.params == {"hidden": 8} and record.ended_at is not None and stale.last_evaluation("t1") == 4
     history = read_history(tmp_path / "stale")
     assert [row["evaluation"] for row in history] == [1, 2, 3, 4] and math.isnan(history[1]["metric"])
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b'{"record": {"status": "comp', "is damaged"), (b'["a list"]', "is not what tunetrain writes there")],
+    ids=["cut short", "not ours"],
+)
+def test_an_ended_json_that_cannot_be_read_is_named_and_the_trial_resumes(tmp_path, caplog, content, reason):
+    trial = tmp_path / "trials" / "t1"
+    trial.mkdir(parents=True)
+    (trial / "ended.json").write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="tunetrain"):
+        assert protocol.read_ended(fs.LocalFileSystem(), str(trial)) is None
+    assert f"{str(trial / 'ended.json')!r} {reason}" in caplog.text
+    assert "the trial is taken as not ended: it resumes from its latest checkpoint" in caplog.text
+    assert protocol.read_ended(fs.LocalFileSystem(), str(tmp_path / "trials" / "t2")) is None  # none: no warning
+    assert caplog.text.count("taken as not ended") == 1

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("experiment", help="the experiment YAML file")
     search.add_argument("--backend", choices=("ray", "optuna"), help="override search.backend")
     search.add_argument("--num-trials", type=int, metavar="N", help="override search.num_trials")
-    search.add_argument("--address", help="a Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    search.add_argument("--address", help="a Ray cluster to join: auto or HOST:PORT (run on a node of the cluster)")
     search.add_argument("--storage", help="where experiments live: a (shared) directory or a URI such as s3://b/p")
     search.add_argument("--gpus-per-trial", type=float, metavar="F", help="GPUs per trial; fractions share one")
     search.add_argument(

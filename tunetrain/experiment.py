@@ -220,6 +220,7 @@ def experiment_from_dict(raw: Any) -> Experiment:
         errors.append("`params` and `space` are both given, but params fixes what a space would search: keep one")
     for key in sorted(set(train_section) & set(params)):
         errors.append(f"`train.{key}` is fixed, and `params.{key}` sets it again: keep one")
+    errors.extend(_fixed_param_problems(params, train or TrainingArguments()))
     if space is not None:
         fixed_and_searched = sorted(set(train_section) & set(space.names))
         for key in fixed_and_searched:
@@ -264,6 +265,21 @@ def _searched_field_problems(space: SearchSpace, train: TrainingArguments) -> li
             problems.append(f"`space.{param.name}` is not a hyperparameter: {why}; remove it from the space")
         elif param.name in field_names() and (problem := _field_value_problem(param, train)) is not None:
             problems.append(problem)
+    return problems
+
+
+def _fixed_param_problems(params: dict[str, Any], train: TrainingArguments) -> list[str]:
+    """What is wrong with `params:` values that set a TrainingArguments field: one that is not a hyperparameter
+    (it belongs under `train:`), or a value the field refuses (one problem a param)."""
+    problems = []
+    for name, value in params.items():
+        if name in _NOT_HYPERPARAMETERS:
+            problems.append(f"`params.{name}` is not a hyperparameter: set it under `train:`")
+        elif name in field_names():
+            try:
+                train.check_value(name, value, where=f"params.{name}")
+            except ConfigError as exc:
+                problems.append(str(exc))
     return problems
 
 

@@ -11,7 +11,8 @@ storage/NAME/                      an experiment dir (`ExperimentDir`)
   tensorboard/<trial id>/          its TensorBoard events
   report.html, *.png               `tunetrain report`'s page and figures
   experiment_state-*.json, ...     Ray's own state of the search (ray backend), and trial_<id>/ its token checkpoints
-  ray-state-backup/                the last whole copy of Ray's own state
+  ray-state-backup/sealed.json     the last copy of Ray's own state, sealed (a resume restores only that)
+  ray-state-backup/set-aside/      Ray's files a resume found at the top that were not that copy
 OUTPUT_DIR/checkpoint-<step>/      a checkpoint of one run (see tunetrain.checkpoint), written whole
 EXPORT_DIR/                        model.safetensors, params.json, metrics.json, experiment.yaml, README.md,
                                    .tunetrain-export (what the export wrote)
@@ -45,6 +46,8 @@ CURVES_PNG = "learning_curves.png"
 PARAMS_PNG = "params.png"
 BEST_SO_FAR_PNG = "best_so_far.png"
 RAY_BACKUP_DIR = "ray-state-backup"
+SEALED_NAME = "sealed.json"  # in RAY_BACKUP_DIR: Ray's state, sealed with the user's key (see storage.signing)
+SET_ASIDE_DIR = "set-aside"  # in RAY_BACKUP_DIR: files of Ray's a resume moved out of its way, unread
 TOKEN_NAME = "tunetrain.json"  # the one file of the token checkpoints a trial reports to Ray
 DAMAGED_SUFFIX = ".damaged"  # what cannot be read is moved aside under this suffix, never deleted: a file of Ray's
 # state found cut short (before its backup is put back), a checkpoint a resume skips

@@ -13,7 +13,7 @@ search:
   scheduler: {type: asha, grace_period: 1, reduction_factor: 3}    # or `asha`, or `none`; in evaluations
   resources_per_trial: {cpu: 1, gpu: 0.25}
   storage: runs                # a local or shared directory, or a pyarrow.fs URI such as s3://bucket/runs
-  address: auto                # a Ray cluster: auto | ray://host:port | host:port; null: a local Ray
+  address: auto                # a Ray cluster: auto | host:port; null: a local Ray
   points_to_evaluate: [{learning_rate: 1.0e-3, optim: adamw}]    # known-good params, run first
   max_failures: 2              # retries of a trial that raises, from its last checkpoint
   keep_checkpoints_per_trial: 2
@@ -56,7 +56,7 @@ MODES = ("max", "min")
 SAMPLERS = tuple(components.SAMPLERS)
 SCHEDULERS = tuple(components.SCHEDULERS)
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes [0, 2**32 - 1]
-_ADDRESS_RE = re.compile(r"^(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_ADDRESS_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _INVALID = object()  # a value that failed its check (the problem is already appended)
 
 
@@ -145,7 +145,7 @@ class SearchConfig:
     - `resources_per_trial`: a `Resources` (Ray only: the optuna backend runs trials in this process).
     - `storage` (default `runs`): a directory, or a URI with a scheme (s3://, gs://, file://, hdfs://...). Only its
       form is checked here; `tunetrain.storage.resolve_storage` opens it.
-    - `address`: a Ray cluster (auto | ray://host:port | host:port), or None for a local Ray. Ray only.
+    - `address`: a Ray cluster (auto | host:port), or None for a local Ray. Ray only.
     - `points_to_evaluate`: params dicts (partial ones allowed: the rest is sampled), each checked against the space.
     - `max_failures` (>= 0, default 2): retries of a trial that raises. `keep_checkpoints_per_trial` (>= 1,
       default 2: the best and the latest).
@@ -400,11 +400,17 @@ def _storage(value: Any, path: str, problems: list[str]) -> Any:
 def _address(value: Any, path: str, problems: list[str]) -> Any:
     if value is None or value == "auto":
         return value
+    if isinstance(value, str) and value.startswith("ray://"):
+        # a Ray Client driver runs the Tuner on the head node, where neither the key that seals Ray's state nor
+        # the driver's own copy of a trial's error is (and the client extra, grpcio, is not installed)
+        problems.append(
+            f"`{path}` is {show_value(value)}, but Ray Client (ray://) is not supported: run tunetrain search on a "
+            "node of the cluster, with --address HOST:PORT (the GCS port) or auto"
+        )
+        return _INVALID
     match = _ADDRESS_RE.match(value) if isinstance(value, str) else None
     if match is None or not 1 <= int(match.group(1)) <= 65535:
-        problems.append(
-            f"`{path}` is {show_value(value)}, but must be auto, ray://host:port or host:port (a Ray cluster)"
-        )
+        problems.append(f"`{path}` is {show_value(value)}, but must be auto or host:port (a Ray cluster)")
         return _INVALID
     return value
 

@@ -29,7 +29,7 @@ from tunetrain.results import ResultsBook, read_results
 from tunetrain.tuning.backend import Backend
 from tunetrain.tuning.components import make_ray_scheduler, make_sampler
 from tunetrain.tuning.ray import cluster, state
-from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch, config_error_in
+from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
 from tunetrain.tuning.ray.protocol import OBJECTIVE
 from tunetrain.tuning.ray.search_state import SearchState
 from tunetrain.tuning.ray.worker import TrialSpec, run_trial
@@ -65,22 +65,29 @@ class RayBackend(Backend):
         """Run (or, with `resume`, continue) the search; returns what results.parquet holds."""
         trainable = self._trainable()
         if resume:
-            tuner = self._restore(trainable)
+            tuner, tuner_state = self._restore(trainable)
         else:
             search_state = SearchState()  # one per search; a restored search unpickles its own (see search_state)
             tuner = tune.Tuner(
                 trainable, tune_config=self._tune_config(search_state), run_config=self._run_config(search_state)
             )
+            tuner_state = _tuner_state(tuner)
+            # tuner.pkl alone, before Ray's first snapshot: a search killed before that one starts anew
+            # (state.can_resume) rather than being refused for want of a sealed copy
+            state.seal_ray_state(self.exp_dir, {state.TUNER_NAME: tuner_state})
+        bookkeeper = _bookkeeper_of(tuner)
+        bookkeeper.tuner_state = tuner_state  # sealed with each of Ray's snapshots (see state)
         fit_started = time.monotonic()
-        grid = tuner.fit()
+        tuner.fit()
+        bookkeeper.seal()  # Ray's last snapshot, saved as fit ended (Ctrl-C included)
         out_of_time = (
             self.config.time_budget_s is not None and time.monotonic() - fit_started >= self.config.time_budget_s
         )
-        user_errors = [error for error in map(config_error_in, grid.errors) if error is not None]
+        user_errors = bookkeeper.search_state.config_errors
         if user_errors:
             # a user error inside a trial (a metric compute_metrics never returns, bad model params): every trial
             # would fail the same way, so the search stops and says why, in one line
-            raise ConfigError(str(user_errors[0]))
+            raise ConfigError(user_errors[0])
         result = read_results(self.exp_dir.path, filesystem=self.exp_dir.filesystem)
         # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
         # with no time budget to explain it, mean the search is not done
@@ -107,18 +114,20 @@ class RayBackend(Backend):
         )  # fmt: skip
         return book.result()
 
-    def _restore(self, trainable: Any) -> tune.Tuner:
-        """The Tuner Ray saved, its state repaired first (a snapshot cut short, token checkpoints deleted early)."""
+    def _restore(self, trainable: Any) -> tuple[tune.Tuner, bytes]:
+        """The Tuner Ray saved, from the copy of its state this user's tunetrain sealed (see state), token
+        checkpoints deleted early put back; and the tuner.pkl it restored from."""
         path, filesystem = state.location(self.exp_dir)
-        state.repair_ray_state(self.exp_dir)
+        sealed = state.restore_sealed(self.exp_dir)
         state.mend_tokens(self.exp_dir)
         try:
-            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
         except (AttributeError, ImportError) as exc:  # its pickles name classes this version does not have
             raise ConfigError(
                 f"Ray's saved state of this search names code this version of tunetrain does not have ({exc}): "
                 "finish it with the version that started it, or start it over with --restart"
             ) from None
+        return tuner, sealed[state.TUNER_NAME]
 
     def close(self) -> None:
         if self.started_ray:
@@ -179,6 +188,20 @@ class RayBackend(Backend):
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the token checkpoints (see worker.TuneReporter)
             callbacks=[bookkeeper],
         )
+
+
+def _tuner_state(tuner: tune.Tuner) -> bytes:
+    """tuner.pkl as Ray has just written it to the storage, pickled again from the Tuner in memory (not read back:
+    what is sealed must be what this process wrote)."""
+    import ray.cloudpickle
+
+    return ray.cloudpickle.dumps(tuner._local_tuner.__getstate__())
+
+
+def _bookkeeper_of(tuner: tune.Tuner) -> Bookkeeper:
+    """The Tuner's bookkeeper: the one built with it, or, for a restored Tuner, the one Ray restored with it."""
+    callbacks = tuner._local_tuner.get_run_config().callbacks or []
+    return next(callback for callback in callbacks if isinstance(callback, Bookkeeper))
 
 
 def trial_dirname(trial: Any) -> str:

@@ -111,7 +111,15 @@ _RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def cluster_address(config: SearchConfig) -> str | None:
     """The cluster to join: `search.address`, else RAY_ADDRESS (set by Ray for a job submitted to a cluster)."""
-    return config.address or os.environ.get("RAY_ADDRESS") or None
+    if config.address:
+        return config.address
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address.startswith("ray://"):  # as search.address refuses it (see config)
+        raise ConfigError(
+            f"RAY_ADDRESS is {address!r}, but Ray Client (ray://) is not supported: run tunetrain search on a node "
+            "of the cluster, with RAY_ADDRESS (or --address) HOST:PORT (the GCS port) or auto"
+        )
+    return address
 
 
 def _probe_address(address: str, where: str) -> None:
@@ -120,14 +128,10 @@ def _probe_address(address: str, where: str) -> None:
 
     from ray._private.services import canonicalize_bootstrap_address_or_die
 
-    if address.startswith("ray://"):
-        host, _, port = address[len("ray://") :].partition(":")
-        port = port or "10001"
-    else:
-        try:
-            host, _, port = canonicalize_bootstrap_address_or_die(address).rpartition(":")
-        except (ConnectionError, ValueError) as exc:
-            raise ConfigError(f"{where}, but no running Ray cluster was found: {exc}") from None
+    try:
+        host, _, port = canonicalize_bootstrap_address_or_die(address).rpartition(":")
+    except (ConnectionError, ValueError) as exc:
+        raise ConfigError(f"{where}, but no running Ray cluster was found: {exc}") from None
     try:
         with socket.create_connection((host, int(port)), timeout=5):
             pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -22,9 +22,9 @@ from tunetrain.errors import ConfigError
 from tunetrain.results import ResultsBook
 from tunetrain.storage import ExperimentDir, resolve_storage
 from tunetrain.tuning.progress import Progress
+from tunetrain.tuning.ray import state
 from tunetrain.tuning.ray.protocol import EVALUATION, FINAL_STATUSES, OBJECTIVE, read_ended, values_of, write_ended
 from tunetrain.tuning.ray.search_state import SearchState
-from tunetrain.tuning.ray.state import BACKUP_EVERY_S, back_up_ray_state
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         search_state = self.search_state
         super().restore(checkpoint_path)
         self.search_state = search_state
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        # Ray saves its snapshot in the driver's staging dir (this searcher's state among it), then copies it to the
+        # storage: the bookkeeper seals it from there (see state)
+        super().save_to_dir(checkpoint_dir, session_str)
+        self.search_state.snapshot = (checkpoint_dir, session_str)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if values_of(result).get("error") or not self._knows(trial_id):
@@ -102,12 +108,13 @@ class Bookkeeper(tune.Callback):
         self._progress = None
         self._filesystem = None
         self._exp_dir = None
-        self._backed_up = 0.0
+        self.tuner_state: bytes | None = None  # tuner.pkl as Ray wrote it, sealed with each snapshot (see `seal`)
+        self._sealed: tuple[str, int] | None = None  # the snapshot file last sealed, and its mtime
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks into its experiment state: no open files
-        state = dict(self.__dict__)
-        state.update(_book=None, _progress=None, _filesystem=None, _exp_dir=None)
-        return state
+        kept = dict(self.__dict__)
+        kept.update(_book=None, _progress=None, _filesystem=None, _exp_dir=None, tuner_state=None, _sealed=None)
+        return kept
 
     def setup(self, **info: Any) -> None:
         self._filesystem, _ = resolve_storage(self.storage)
@@ -175,12 +182,25 @@ class Bookkeeper(tune.Callback):
         self._finish(trial, "errored", message)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if time.monotonic() - self._backed_up > BACKUP_EVERY_S:
-            try:
-                if back_up_ray_state(self._filesystem, self.exp_path):
-                    self._backed_up = time.monotonic()
-            except (OSError, ValueError, KeyError) as exc:  # a full disk, or Ray writing it now: the last one stays
-                logger.debug("no backup of Ray's state this time: %s", exc)
+        self.seal()
+
+    def seal(self) -> None:
+        """Seal Ray's newest snapshot, if it saved one since the last seal (see state): after each step, in which
+        Ray may have saved one, and by the backend once Ray's last one is saved."""
+        if self.search_state.snapshot is None or self.tuner_state is None:
+            return
+        staging, session = self.search_state.snapshot
+        try:
+            mtime = (Path(staging) / f"experiment_state-{session}.json").stat().st_mtime_ns
+            if self._sealed == (session, mtime):
+                return
+            files = state.snapshot_in(staging, session)
+            state.seal_ray_state(self._exp_dir, {**files, state.TUNER_NAME: self.tuner_state})
+            self._sealed = (session, mtime)
+        except OSError as exc:  # a full disk: the copy sealed last stays
+            logger.debug("Ray's snapshot not sealed this time: %s", exc)
+        except ConfigError as exc:  # the key went missing or bad since the search started: the same
+            logger.warning("Ray's snapshot not sealed: %s", exc)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # a trial the killed driver had started after Ray's last snapshot is unknown to the restored search, which
@@ -213,15 +233,17 @@ class Bookkeeper(tune.Callback):
 
 
 def _trial_error(trial: Any) -> BaseException | None:
-    """The exception a trial failed with. Ray has written it next to the trial (in the driver's staging dir, not
-    yet the storage, which `trial.get_pickled_error()` reads) by the time `on_trial_error` is called."""
+    """The exception a trial failed with. Ray has pickled it next to the trial in this driver's own staging dir by
+    the time `on_trial_error` is called; it is read from there, and Ray is made to forget the pickle: its copy in
+    the storage (which the ResultGrid would unpickle at the end of the search) is never read."""
     import ray.cloudpickle
 
     path = trial.pickled_error_file
+    trial.run_metadata.pickled_error_filename = None  # the grid then reads the error's text (error.txt) instead
     if path and os.path.exists(path):
         with open(path, "rb") as file:
             return ray.cloudpickle.load(file)
-    return trial.get_error()
+    return trial.get_error()  # its text (error.txt), as a TuneError
 
 
 def config_error_in(error: BaseException | None) -> ConfigError | None:

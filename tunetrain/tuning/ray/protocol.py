@@ -7,13 +7,17 @@ every trial in the driver's memory, so everything else of an evaluation travels 
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.errors import ConfigError
 from tunetrain.storage import read_json, write_json
 from tunetrain.storage.layout import ENDED_NAME
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVE = "objective"  # the trial's best value of the search metric so far: what ASHA and Optuna compare
 EVALUATION = "evaluation"  # evaluations since the trial began (a resumed trial continues the count): ASHA's time
@@ -32,12 +36,24 @@ def values_of(result: dict | None) -> dict[str, Any]:
 
 def read_ended(filesystem: FileSystem, trial_path: str) -> dict[str, Any] | None:
     """What a trial ended with (its final record and history rows, see `ResultsBook.final_record`), or None while
-    it has not ended (or errored: it may be resumed)."""
+    it has not ended (or errored: it may be resumed).
+
+    One that cannot be read (damaged, or not in this form) is taken as not there, with a warning naming it: the
+    trial then resumes from its latest checkpoint and ends again, which writes it anew."""
+    path = f"{trial_path}/{ENDED_NAME}"
     try:
-        ended = read_json(filesystem, f"{trial_path}/{ENDED_NAME}")
+        ended = read_json(filesystem, path)
+        if ended is None:
+            return None
         return ended if ended["record"]["status"] else None
-    except (OSError, ValueError, KeyError, TypeError):  # none there (None["record"]), or not ours to read
-        return None
+    except ConfigError as exc:  # damaged: read_json's one line names it
+        reason = str(exc)
+    except (KeyError, TypeError) as exc:
+        reason = f"{path!r} is not what tunetrain writes there ({type(exc).__name__}: {exc})"
+    except OSError as exc:
+        reason = f"{path!r} cannot be read ({exc})"
+    logger.warning("%s; the trial is taken as not ended: it resumes from its latest checkpoint", reason)
+    return None
 
 
 def write_ended(filesystem: FileSystem, trial_path: str, final: dict[str, Any]) -> None:
