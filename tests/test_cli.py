@@ -71,6 +71,83 @@ def test_train_with_params_then_resume(tmp_path):
     assert state["global_step"] == 45
 
 
+def test_a_resume_with_nothing_left_to_train_is_one_line_and_writes_nothing(tmp_path, capsys):
+    # before: `--resume --set train.num_train_epochs=1` on a 2-epoch checkpoint wrote train_loss: NaN
+    from tunetrain.cli import main
+
+    path = _experiment(tmp_path, eval_strategy="no", logging_strategy="no")
+    params = json.dumps({"learning_rate": 0.01, "hidden": 4})
+    assert main(["train", str(path), "--params", params]) == 0
+    written = (tmp_path / "run" / "metrics.json").read_bytes()
+    code = main(["train", str(path), "--params", params, "--resume", "--set", "train.num_train_epochs=1"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "tunetrain: error: nothing left to train: the checkpoint is at step 30, the end of this run's budget (15 "
+        "steps); raise train.num_train_epochs or train.max_steps (--set) to train on"
+    )
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == written
+    # killed after its last checkpoint but before its final model: --resume writes that model, no step trained
+    (tmp_path / "run" / "model.safetensors").unlink()
+    assert main(["train", str(path), "--params", params, "--resume"]) == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_an_output_dir_holding_another_run_is_trained_into_only_to_resume_or_overwrite_it(tmp_path, capsys):
+    # before: a second run mixed its checkpoints with the first's, and a later --resume took a stale one
+    from tunetrain.cli import main
+
+    path = _experiment(tmp_path, eval_strategy="no", logging_strategy="no", num_train_epochs=1)
+    params = json.dumps({"learning_rate": 0.01, "hidden": 4})
+    assert main(["train", str(path), "--params", params]) == 0
+    assert main(["train", str(path), "--params", params]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tunetrain: error: output dir {str(tmp_path / 'run')!r} holds another run (checkpoint-15): --resume "
+        "continues it, --overwrite-output-dir trains from scratch in its place, or give another --output-dir"
+    )
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "checkpoint-99").mkdir()  # a stale one, as a killed earlier run leaves
+    assert main(["train", str(path), "--params", params, "--overwrite-output-dir"]) == 0
+    run = tmp_path / "run"
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-15"] and not (run / "checkpoint-99").exists()
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+def test_train_never_writes_into_a_searchs_experiment_dir(tmp_path, capsys):
+    from tunetrain.cli import main
+
+    path = _experiment(tmp_path, output_dir=str(tmp_path / "runs" / "tiny"))
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "search.json").write_text("{}")
+    assert main(["train", str(path), "--resume"]) == 2
+    assert "is a search's experiment dir (it has search.json): give another --output-dir" in capsys.readouterr().err
+
+
+def test_a_retrain_of_an_export_uses_as_many_threads_as_the_run_it_exports(tmp_path, capsys, monkeypatch):
+    # before: a re-train gave the exported metric only with the trial's thread count set by hand
+    import torch
+
+    from tunetrain.cli import main
+
+    path = _experiment(tmp_path, eval_strategy="no", logging_strategy="no", num_train_epochs=1)
+    params = json.dumps({"learning_rate": 0.01, "hidden": 4})
+    try:
+        torch.set_num_threads(2)
+        assert main(["train", str(path), "--params", params]) == 0
+        assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_threads"] == 2
+        torch.set_num_threads(1)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        capsys.readouterr()
+        assert main(["train", str(tmp_path / "run"), "--output-dir", str(tmp_path / "again")]) == 0
+        assert "2 torch thread(s), as the exported run had" in capsys.readouterr().err
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins
+        torch.set_num_threads(1)
+        assert main(["train", str(tmp_path / "run"), "--output-dir", str(tmp_path / "third")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+
+
 @pytest.mark.e2e
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"

@@ -53,3 +53,34 @@ def test_a_search_is_refused_while_another_driver_holds_the_experiment(tmp_path)
     with ExperimentLock(ExperimentDir.open(str(tmp_path), "drv")), pytest.raises(ConfigError, match=held):
         search(experiment)
     assert search(experiment).best is not None  # released: it runs
+
+
+def test_a_rerun_never_takes_its_task_from_the_experiment_dir(tmp_path):
+    # the task is code: a search.json someone rewrote to name their own file must not run it (before: a rerun took
+    # the experiment, task included, from search.json whenever the file differed)
+    planted = tmp_path / "planted.py"
+    marker = tmp_path / "planted-ran"
+    planted.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    experiment = _experiment(tmp_path, backend="optuna")
+    exp_dir = ExperimentDir.open(str(tmp_path), "drv")
+    theirs = {**experiment.to_dict(), "task": f"{planted}:task"}
+    with ExperimentLock(exp_dir):
+        exp_dir.write_state({"status": "running", "experiment": theirs, "backend": "optuna"})
+    with pytest.raises(ConfigError, match=r"started with task '.*planted\.py:task', but the file names '.*tiny_task"):
+        search(experiment)
+    assert not marker.exists()
+    assert search(experiment, restart=True).best is not None  # --restart: the file's task, from the start
+
+
+def test_a_task_file_with_the_same_name_and_bytes_is_the_same_task_and_the_files_path_is_used(tmp_path):
+    # a search.json written when task paths were kept as given (relative), or a copy of the project elsewhere
+    from tunetrain.tuning.driver import _same_task
+
+    mine, copy, other = tmp_path / "a" / "task.py", tmp_path / "b" / "task.py", tmp_path / "c" / "task.py"
+    for path, text in ((mine, "X = 1\n"), (copy, "X = 1\n"), (other, "X = 2\n")):
+        path.parent.mkdir()
+        path.write_text(text)
+    assert _same_task(f"{copy}:task", f"{mine}:task")
+    assert not _same_task(f"{other}:task", f"{mine}:task")  # other code
+    assert not _same_task(f"{copy}:other", f"{mine}:task") and not _same_task(None, f"{mine}:task")
+    assert not _same_task(f"{tmp_path / 'gone.py'}:task", f"{mine}:task")

@@ -21,6 +21,9 @@ def test_the_seed_usages_are_there():
 @pytest.mark.e2e
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem not in NEEDS_A_CLUSTER], ids=lambda p: p.stem)
 def test_example_runs(path, tmp_path, monkeypatch, capsys):
+    if path.stem == "coming_from_transformers":
+        pytest.importorskip("transformers", reason="the example needs transformers (CI installs it)")
+        pytest.importorskip("datasets", reason="the example needs datasets (CI installs it)")
     monkeypatch.setattr(sys, "argv", [str(path), str(tmp_path / "out"), *EXTRA_ARGS.get(path.stem, [])])
     runpy.run_path(str(path), run_name="__main__")
     printed = capsys.readouterr().out
@@ -29,5 +32,7 @@ def test_example_runs(path, tmp_path, monkeypatch, capsys):
         assert printed.count("to the same weights: True") == 2
     if path.stem == "optuna_study":
         assert "best accuracy" in printed
+    if path.stem == "coming_from_transformers":
+        assert "'eval_accuracy': 1.0" in printed and "pipeline on the export: [{'label'" in printed
     if path.stem == "search_from_python":
         assert "best trial" in printed and "8 done" in printed

@@ -49,7 +49,33 @@ def test_overrides_set_nested_keys_with_yaml_values(tmp_path):
     assert experiment.sections["train"] == {"num_train_epochs": 5, "learning_rate": "1e-3"}
     assert experiment.training_arguments().learning_rate == 0.001
     assert experiment.name == "y"
-    assert experiment.training_arguments().output_dir == str(Path("runs") / "y")
+    # beside the search's runs/y, never in it (before: runs/y, which `search --restart` deleted)
+    assert experiment.training_arguments().output_dir == str(Path("runs") / "y-train")
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file_and_those_given_with_set_to_the_cwd(tmp_path, monkeypatch):
+    # before: a relative task path resolved against the current directory, and every Ray trial failed on it
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = folder / "exp.yaml"
+    path.write_text(
+        "name: x\ntask: tasks/mine.py:task\ntrain: {output_dir: out, logging_dir: ../logs}\n"
+        "space: {lr: {type: float, low: 0.1, high: 0.2}}\nsearch: {storage: runs}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    experiment = load_experiment(path)
+    assert experiment.task == f"{folder / 'tasks' / 'mine.py'}:task"
+    args = experiment.training_arguments()
+    assert args.output_dir == str(folder / "out") and args.logging_dir == str(folder / ".." / "logs")
+    assert experiment.search.storage == str(folder / "runs")
+    overridden = load_experiment(path, ["search.storage=mine", "train.output_dir=/abs/out"])
+    assert overridden.search.storage == str(elsewhere / "mine")  # --set: where the command runs
+    assert overridden.training_arguments().output_dir == "/abs/out"
+    module = _file(tmp_path, "name: x\ntask: pkg.mod:task\nsearch: {storage: 's3://bucket/runs'}\n")
+    assert load_experiment(module).task == "pkg.mod:task"  # a module and a URI are not paths here
+    assert load_experiment(module).sections["search"]["storage"] == "s3://bucket/runs"
 
 
 @pytest.mark.parametrize(
@@ -129,7 +155,7 @@ def test_every_section_is_parsed_and_checked(tmp_path):
     )
     experiment = load_experiment(path)
     assert isinstance(experiment.train, TrainingArguments) and experiment.train.num_train_epochs == 3
-    assert experiment.train.output_dir == str(Path("runs") / "typed")
+    assert experiment.train.output_dir == str(Path("runs") / "typed-train")
     assert isinstance(experiment.search, SearchConfig)
     assert (experiment.search.num_trials, experiment.search.sampler) == (5, "random")
     assert experiment.search.metric == "eval_accuracy"  # filled in from the train section
@@ -212,7 +238,8 @@ def test_a_field_the_search_sets_for_each_trial_cannot_be_searched(name):
          r"`space.max_steps.choices` is 2.5 \(float\), but must be a int"),
         ({"fp16": {"type": "int", "low": 0, "high": 1}}, r"`space.fp16.low` is 0 \(int\), but must be a bool"),
         ({"optim": {"type": "categorical", "choices": ["adamw", "adagrad"]}},
-         r"`space.optim.choices` is 'adagrad', but must be one of adamw \| adam \| sgd"),
+         r"`space.optim.choices` is 'adagrad', but must be one of adamw \| adamw_torch \| adamw_torch_fused \| adam "
+         r"\| sgd"),
         ({"eval_strategy": {"type": "categorical", "choices": ["epoch", "often"]}},
          r"`space.eval_strategy.choices` is 'often', but must be one of no \| steps \| epoch"),
         ({"learning_rate": {"type": "float", "low": -0.1, "high": 0.1}},

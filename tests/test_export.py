@@ -73,6 +73,7 @@ def test_export_the_best_trial_and_load_it_back(experiment_dir, tmp_path):
     assert metrics["trial_id"] == result.best.trial_id
     assert metrics["best_metric"] == result.best.metric == max(t.best_metric for t in result.trials)
     assert json.loads((out / "params.json").read_text()) == result.best.params
+    assert metrics["num_threads"] == 1  # the trial's (the tests' one thread), for `tunetrain train` of the export
     # the weights are the best checkpoint's (not the last): they score exactly the exported metric
     assert _eval_metric(load_model(out), "eval_accuracy") == metrics["best_metric"]
     assert "tunetrain.load_model" in (out / "README.md").read_text()

@@ -101,7 +101,7 @@ CASES = [
     (
         "space unknown optimizer",
         RUNS + "  optim: {type: categorical, choices: [adamw, adagrad]}\n",
-        "`space.optim.choices` is 'adagrad', but must be one of adamw | adam | sgd",
+        "`space.optim.choices` is 'adagrad', but must be one of adamw | adamw_torch | adamw_torch_fused | adam | sgd",
     ),
     ("params not a mapping", HEAD + "params: [1]\n", "`params` is a list, but must be a mapping"),
     ("params unknown to the model", HEAD + "params: {hiden_size: 8}\n", "`hiden_size` is not a param"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -441,7 +442,10 @@ def test_missing_incomplete_and_foreign_checkpoints(tmp_path, tiny_task):
         ({"num_train_epochs": "many"}, r"`train.num_train_epochs` is 'many' \(str\), but must be a float"),
         ({"load_best_model_at_end": True, "eval_strategy": "epoch"}, "needs save_strategy to match eval_strategy"),
         ({"load_best_model_at_end": True}, "needs an evaluation, but eval_strategy is 'no'"),
-        ({"optim": "lion"}, "`train.optim` is 'lion', but must be one of adamw | adam | sgd"),
+        (
+            {"optim": "lion"},
+            "`train.optim` is 'lion', but must be one of adamw | adamw_torch | adamw_torch_fused | adam | sgd",
+        ),
         ({"fp16": True, "bf16": True}, "at most one mixed precision"),
         ({"per_device_train_batch_size": 0}, "must be >= 1"),
         ({"momentum": 0.9}, "applies only to optim=sgd"),
@@ -644,3 +648,108 @@ class _Planted:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+# --- a model given to the Trainer (issue 13, part 2) --------------------------------------------------------------
+
+
+def test_a_model_given_to_the_trainer_is_the_one_that_trains_and_resumes(tmp_path):
+    # before: train() threw the given model away and trained a fresh one from model_init, silently
+    task = tiny_task.task()
+    pretrained = tiny_task.model_init({"hidden": 16})
+    with torch.no_grad():
+        for parameter in pretrained.parameters():
+            parameter.add_(0.5)  # not what model_init would build
+    start = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    trainer = Trainer(task, _args(tmp_path, num_train_epochs=1, eval_strategy="no", save_steps=5), model=pretrained)
+    before = trainer.evaluate()
+    trainer.train()
+    assert trainer.model is pretrained  # trained in place, as a Transformers Trainer does
+    assert any(not torch.equal(start[k], v) for k, v in pretrained.state_dict().items())
+    assert trainer.evaluate()["eval_loss"] != before["eval_loss"]
+
+    # resumed from its checkpoint at step 10 into another model object (a fresh copy of the starting weights):
+    # bitwise the same end
+    out_dir = _resumed_copy(tmp_path, tmp_path / "run", 10)
+    resumed_model = tiny_task.model_init({"hidden": 16})
+    resumed_model.load_state_dict(start)
+    args = _args(tmp_path, output_dir=str(out_dir), num_train_epochs=1, eval_strategy="no", save_steps=5)
+    Trainer(task, args, model=resumed_model).train(resume_from_checkpoint=True)
+    assert all(torch.equal(v, resumed_model.state_dict()[k]) for k, v in pretrained.state_dict().items())
+
+
+def test_a_given_model_with_params_for_model_init_is_one_line(tmp_path):
+    trainer = Trainer(tiny_task.task(), _args(tmp_path), model=tiny_task.model_init({}))
+    with pytest.raises(
+        ConfigError, match=r"params \['hidden'\] go to the task's model_init, but the Trainer was given"
+    ):
+        trainer.train(trial={"hidden": 8})
+
+
+def test_a_task_without_model_init_trains_a_given_model_and_refuses_otherwise(tmp_path):
+    base = tiny_task.task()
+    task = Task(train_dataset=base.train_dataset, eval_dataset=base.eval_dataset, compute_metrics=tiny_task.accuracy)
+    Trainer(task, _args(tmp_path, max_steps=3, eval_strategy="no"), model=tiny_task.model_init({})).train()
+    with pytest.raises(ConfigError, match=r"has no model_init and the Trainer was given no model: a search builds"):
+        Trainer(task, _args(tmp_path, max_steps=3, eval_strategy="no")).train()
+
+
+# --- runs that cannot do what they ask (issue 13, part 5) ---------------------------------------------------------
+
+
+def test_fp16_where_it_would_do_nothing_is_one_line(tmp_path, tiny_task):
+    # before: on a CPU, fp16 trained in fp32 without a word (the same loss as without it)
+    if torch.cuda.is_available():
+        pytest.skip("fp16 works on this machine's GPU")
+    with pytest.raises(ConfigError, match=r"^`fp16` is true, but the model runs on cpu, where fp16 mixed precision"):
+        Trainer(tiny_task, _args(tmp_path, fp16=True)).train()
+
+
+def test_a_resume_whose_budget_is_spent_says_so_and_reports_no_nan_loss(tmp_path, tiny_task, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("tunetrain"), "propagate", True)
+    args = _args(tmp_path, num_train_epochs=2, eval_strategy="no", save_strategy="epoch")
+    Trainer(tiny_task, args).train()
+    with caplog.at_level(logging.WARNING, logger="tunetrain"):
+        out = Trainer(tiny_task, args.replace(num_train_epochs=1)).train(resume_from_checkpoint=True)
+    assert "is at step 30, and this run's budget is 15 steps: nothing is left to train" in caplog.text
+    assert "train_loss" not in out.metrics and out.global_step == 30  # before: train_loss NaN, written out
+
+
+def test_steps_that_never_come_in_the_run_are_a_warning_before_training(tmp_path, tiny_task, caplog, monkeypatch):
+    # before: gradient accumulation left fewer optimizer steps than eval_steps / save_steps, and nothing was said
+    monkeypatch.setattr(logging.getLogger("tunetrain"), "propagate", True)
+    args = _args(tmp_path, num_train_epochs=1, gradient_accumulation_steps=4, eval_steps=10, save_steps=10,
+                 logging_steps=2, load_best_model_at_end=True)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="tunetrain"):
+        Trainer(tiny_task, args).train()
+    assert "eval_steps=10, but this run has 4 optimizer steps: it never evaluates" in caplog.text
+    assert "save_steps=10, but this run has 4 optimizer steps: it never saves a checkpoint" in caplog.text
+    assert "logging_steps" not in caplog.text
+    assert "load_best_model_at_end is set, but no evaluation comes: no best model can be chosen" in caplog.text
+
+
+def test_a_users_callback_sees_every_step_and_can_stop_the_run_from_any_hook(tmp_path, tiny_task):
+    # issue 13: the Reporter hooks are the callback API (Transformers' TrainerCallback), with a control in every hook
+    from tunetrain import TrainerCallback
+
+    class StopAtFive(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_step(self, state) -> None:
+            self.steps.append(state.global_step)
+            if state.global_step == 5:
+                self.control.stop("five is enough")
+
+    callback = StopAtFive()
+    out = Trainer(tiny_task, _args(tmp_path, eval_strategy="no"), callbacks=[callback]).train()
+    assert callback.steps == [1, 2, 3, 4, 5] and out.global_step == 5
+    assert out.metrics["stopped"] == "five is enough"
+
+
+def test_a_callback_that_is_not_tunetrains_is_one_line(tmp_path, tiny_task):
+    class TransformersStyle:  # e.g. transformers.PrinterCallback: other hooks, other arguments
+        def on_log(self, args, state, control, logs=None, **kwargs): ...
+
+    with pytest.raises(ConfigError, match=r"^callback 0 is a .*TransformersStyle, but must be a tunetrain.Trainer"):
+        Trainer(tiny_task, _args(tmp_path), callbacks=[TransformersStyle()])

@@ -104,6 +104,23 @@ def test_a_trial_that_has_not_reported_has_no_curve(tmp_path: Path) -> None:
     assert "t6" not in curves and len(curves) == 6
 
 
+def test_a_param_the_space_samples_on_a_log_scale_gets_a_log_axis(tmp_path: Path) -> None:
+    # before: `learning_rate: {log: true}` over less than two decades was drawn on a linear axis
+    assert param_scale([1e-3, 5e-2], log=True) == "log"
+    assert param_scale([0.0, 5e-2], log=True) == "linear"  # 0 cannot go on a log axis
+    from tunetrain.report import _log_params
+    from tunetrain.storage import ExperimentDir
+
+    exp = _write_experiment(tmp_path / "exp", {"t0": ({"lr": 1e-3, "layers": 2}, [0.5], "completed")})
+    assert _log_params(exp) == set()  # no search.json: the values decide
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 5e-2, "log": True}, "layers": {"type": "int", "low": 1,
+             "high": 4}}  # fmt: skip
+    ExperimentDir.open(str(tmp_path), "exp").write_state(
+        {"status": "finished", "experiment": {"name": "exp", "task": "m:t", "space": space}}
+    )
+    assert _log_params(exp) == {"lr"}
+
+
 def test_param_scale() -> None:
     assert param_scale([1e-5, 3e-3, 9e-2]) == "log"  # > 2 decades
     assert param_scale([1e-3, 5e-2]) == "linear"  # less than 2 decades

@@ -342,7 +342,7 @@ def test_a_search_without_a_finite_metric_has_no_best():
     result = SearchResult("x", "eval_loss", "min", [_record("t0", None, "running"), _record("t1", 0.1, "errored")])
     assert result.ranked() == [] and result.best is None
     assert result.table() == "no trial has reported a finite metric"
-    assert result.summary_line() == "1 done, 1 running, 0 stopped early, 1 errored; no best yet"
+    assert result.summary_line() == "1 done (1 errored), 1 running; no best yet"
 
 
 def test_counts_has_every_status():
@@ -368,9 +368,10 @@ def test_table_marks_a_param_a_trial_does_not_have():
 
 def test_summary_line_counts_and_names_the_best():
     assert _result().summary_line(total=10) == (
-        "5/10 done, 1 running, 2 stopped early, 1 errored; best eval_accuracy=0.7 (t2)"
-    )
-    assert _result().summary_line().startswith("5 done, ")
+        "5/10 done (2 completed, 1 stopped_early, 1 pruned, 1 errored), 1 running; best eval_accuracy=0.7 (t2)"
+    )  # each status by the name the table and the report give it (before: "2 stopped early" for both kinds)
+    assert _result().summary_line().startswith("5 done (")
+    assert SearchResult("x", "eval_loss", "min", []).summary_line() == "0 done, 0 running; no best yet"
 
 
 def test_read_trials_know_their_experiment_dir_and_others_cannot_export(tmp_path):

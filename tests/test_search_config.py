@@ -491,3 +491,14 @@ def test_a_ray_client_address_in_the_environment_is_refused_as_in_the_file(monke
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     assert cluster_address(_load({})) == "head:6379"
     assert cluster_address(_load({"address": "other:6379"})) == "other:6379"
+
+
+def test_eval_on_start_is_refused_for_a_search_and_kept_for_a_single_run():
+    with pytest.raises(ConfigError, match=r"but `train.eval_on_start` is true: a look at the untrained model is no"):
+        _load({}, eval_on_start=True)
+    from tunetrain.experiment import experiment_from_dict
+
+    experiment = experiment_from_dict({"name": "x", "task": "m:t", "train": {"eval_on_start": True,
+                                       "eval_strategy": "epoch"}, "space": {"lr": {"type": "float", "low": 0.1,
+                                       "high": 0.2}}, "search": {"num_trials": 2}})  # fmt: skip
+    assert experiment.train.eval_on_start  # `tunetrain train` of the same file keeps it

@@ -545,3 +545,14 @@ def test_a_changed_experiment_file_warns_and_the_search_goes_on_as_it_started(
     assert main(["search", str(path)]) == 0  # finished: shown, and it still says the file is not what ran
     assert "changed since this search started" in capsys.readouterr().err
     assert len(_study(exp_path).trials) == 3  # no new trial (the interrupted one was told once, then rerun)
+
+
+def test_a_search_of_a_task_without_model_init_stops_in_one_line(tmp_path):
+    # issue 13: a single run may train a model given to the Trainer, but each trial of a search needs a fresh one
+    task_file = tmp_path / "no_factory.py"
+    task_file.write_text(
+        f"import sys\nsys.path.insert(0, {str(TINY_TASK.parent)!r})\nimport dataclasses, tiny_task\n"
+        "def task():\n    return dataclasses.replace(tiny_task.task(), model_init=None)\n"
+    )
+    with pytest.raises(ConfigError, match=r"has no model_init and the Trainer was given no model: a search builds"):
+        _search(_experiment(tmp_path, task=f"{task_file}:task"))

@@ -313,3 +313,23 @@ def test_a_trial_the_restored_study_lacks_trains_on_without_failing_the_search(c
     assert [t.state for t in searcher._ot_study.trials] == [optuna.trial.TrialState.COMPLETE]
     assert "trial lost is not in the study Ray restored" in caplog.text
     assert search_state.unknown_trials == {"lost"}  # said once a trial
+
+
+def test_a_task_file_named_relative_to_the_experiment_file_works_on_ray_from_any_directory(tmp_path, monkeypatch):
+    # issue 12 row 6 / issue 13: `task: mytask.py:task` resolved against the current directory, so every Ray trial
+    # (whose worker runs elsewhere) failed with "file 'mytask.py' does not exist"
+    import shutil
+
+    from tunetrain.experiment import load_experiment
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(TESTS / "tiny_task.py", project / "mytask.py")
+    raw = _experiment(tmp_path, epochs=1, num_trials=2, scheduler="none").to_dict()
+    raw["task"] = "mytask.py:task"
+    raw["search"]["storage"] = "runs"  # relative to the file too
+    (project / "exp.yaml").write_text(json.dumps(raw))
+    monkeypatch.chdir(tmp_path)  # not the file's folder
+    result = search(load_experiment(project / "exp.yaml"))
+    assert {t.status for t in result.trials} == {"completed"} and len(result.trials) == 2
+    assert (project / "runs" / "tiny-search" / "results.parquet").is_file()

@@ -216,3 +216,58 @@ def test_the_snapshots_of_earlier_sessions_are_set_aside_without_a_warning(tmp_p
     assert sorted(p.name for p in (root / "ray-state-backup" / "set-aside").iterdir()) == [
         f"experiment_state-{old}.json", f"searcher-state-{old}.pkl",
     ]  # fmt: skip
+
+
+def test_a_link_planted_in_place_of_the_set_aside_folder_is_not_followed(tmp_path, key):
+    elsewhere = tmp_path / "elsewhere"  # e.g. the driver's staging dir, whose newest pickle Ray would load
+    elsewhere.mkdir()
+    exp = _exp_dir(tmp_path)
+    state.seal_ray_state(exp, FILES)
+    root = tmp_path / "exp"
+    (root / "ray-state-backup" / "set-aside").symlink_to(elsewhere)
+    (root / "searcher-state-9999.pkl").write_bytes(b"planted")
+    state.restore_sealed(exp)
+    assert list(elsewhere.iterdir()) == []
+    aside = root / "ray-state-backup" / "set-aside"
+    assert not aside.is_symlink() and (aside / "searcher-state-9999.pkl").read_bytes() == b"planted"
+
+
+def test_ray_reads_its_state_through_a_view_that_holds_only_the_sealed_copy(tmp_path):
+    # between the resume's check and Ray's own reads, someone rewrites the storage: Ray still sees the sealed copy
+    import pickle
+
+    from pyarrow import fs
+
+    from tunetrain.tuning.ray.sealed_fs import sealed_view
+
+    root = tmp_path / "exp"
+    (root / "trial_a").mkdir(parents=True)
+    (root / "trial_a" / "result.json").write_text("{}")
+    for name in FILES:
+        (root / name).write_bytes(b"rewritten after the check")
+    (root / "searcher-state-9999.pkl").write_bytes(b"planted")
+    view = sealed_view(fs.LocalFileSystem(), str(root), FILES)
+
+    listing = {info.base_name: info for info in view.get_file_info(fs.FileSelector(str(root)))}
+    assert set(listing) == {*FILES, "trial_a"}  # the planted one is not there
+    assert listing["tuner.pkl"].size == len(FILES["tuner.pkl"])
+    with view.open_input_file(str(root / "tuner.pkl")) as file:
+        assert file.read() == FILES["tuner.pkl"]
+    with view.open_input_stream(str(root / "searcher-state-A.pkl")) as stream:
+        assert stream.read() == FILES["searcher-state-A.pkl"]
+    assert view.get_file_info(str(root / "searcher-state-9999.pkl")).type == fs.FileType.NotFound
+    with view.open_input_stream(str(root / "trial_a" / "result.json")) as stream:  # not Ray's state: as it is
+        assert stream.read() == b"{}"
+    (root / "experiment_state-A.json").unlink()  # deleted from the storage: still what Ray restores
+    assert "experiment_state-A.json" in {i.base_name for i in view.get_file_info(fs.FileSelector(str(root)))}
+
+    # what Ray writes in this run is its own: read back as written
+    with view.open_output_stream(str(root / "experiment_state-B.json")) as stream:
+        stream.write(b'{"new": 1}')
+    with view.open_input_stream(str(root / "experiment_state-B.json")) as stream:
+        assert stream.read() == b'{"new": 1}'
+
+    # shipped to a worker, it is the storage as it is (workers never read Ray's state)
+    shipped = pickle.loads(pickle.dumps(view))
+    with shipped.open_input_stream(str(root / "searcher-state-9999.pkl")) as stream:
+        assert stream.read() == b"planted"

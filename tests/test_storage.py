@@ -298,3 +298,26 @@ def test_a_damaged_parquet_file_is_one_line_naming_it(tmp_path, content):
         with pytest.raises(ConfigError, match=rf"^{re.escape(repr(path))} is damaged \(.*\): restore it") as err:
             read_parquet(LOCAL, path)
         assert "\n" not in str(err.value)
+
+
+def test_a_link_planted_under_the_temporary_name_is_not_written_through(tmp_path):
+    # whoever can write the experiment dir can guess `FILE.tmp-PID`: a link there must not send the write elsewhere
+    import os
+
+    from pyarrow.fs import LocalFileSystem
+
+    from tunetrain.storage import write_whole
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    target = tmp_path / "exp" / "results.json"
+    target.parent.mkdir()
+    (target.parent / f"results.json.tmp-{os.getpid()}").symlink_to(victim)
+    write_whole(LocalFileSystem(), str(target), b"new")
+    assert victim.read_bytes() == b"keep" and target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+    # and a link in place of the file itself is replaced, not written through
+    target.unlink()
+    target.symlink_to(victim)
+    write_whole(LocalFileSystem(), str(target), b"newer")
+    assert victim.read_bytes() == b"keep" and not target.is_symlink() and target.read_bytes() == b"newer"

@@ -90,7 +90,11 @@ def test_a_task_checks_what_it_is_given(values, message):
 
 def test_a_task_error_is_a_config_error():
     with pytest.raises(ConfigError):
-        Task(model_init=None, train_dataset=_data())
+        Task(model_init="not callable", train_dataset=_data())
+
+
+def test_a_task_may_leave_model_init_out():  # a single run then trains a model given to the Trainer
+    assert Task(train_dataset=_data()).model_init is None
 
 
 # --- load_task: the spec -------------------------------------------------------------------------------------------

@@ -15,13 +15,18 @@ _EXPORTS = {
     "ArrowDataset": "tunetrain.data",
     "CheckpointError": "tunetrain.errors",
     "ConfigError": "tunetrain.errors",
+    "EvalPrediction": "tunetrain.prediction",
     "Experiment": "tunetrain.experiment",
     "NonFiniteLossError": "tunetrain.errors",
+    "PredictionOutput": "tunetrain.prediction",
+    "Reporter": "tunetrain.reporting",
     "SearchSpace": "tunetrain.space",
     "StorageError": "tunetrain.errors",
     "Task": "tunetrain.task",
     "TaskError": "tunetrain.errors",
     "TrainOutput": "tunetrain.loop",
+    "TrainerCallback": "tunetrain.reporting",
+    "TrainerControl": "tunetrain.reporting",
     "Trainer": "tunetrain.loop",
     "TrainingArguments": "tunetrain.args",
     "TunetrainError": "tunetrain.errors",
@@ -38,8 +43,11 @@ __all__ = [
     "ArrowDataset",
     "CheckpointError",
     "ConfigError",
+    "EvalPrediction",
     "Experiment",
     "NonFiniteLossError",
+    "PredictionOutput",
+    "Reporter",
     "SearchResult",
     "SearchSpace",
     "StorageError",
@@ -47,6 +55,8 @@ __all__ = [
     "TaskError",
     "TrainOutput",
     "Trainer",
+    "TrainerCallback",
+    "TrainerControl",
     "TrainingArguments",
     "TunetrainError",
     "load_experiment",
@@ -71,6 +81,8 @@ if TYPE_CHECKING:
     from tunetrain.experiment import Experiment, load_experiment
     from tunetrain.export import load_model
     from tunetrain.loop import Trainer, TrainOutput, train
+    from tunetrain.prediction import EvalPrediction, PredictionOutput
+    from tunetrain.reporting import Reporter, TrainerCallback, TrainerControl
     from tunetrain.results import SearchResult, read_results
     from tunetrain.space import SearchSpace
     from tunetrain.task import Task, load_task

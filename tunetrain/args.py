@@ -16,8 +16,25 @@ from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
 from tunetrain.parsing import parse_float, parse_int
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "adamw_torch", "adamw_torch_fused", "adam", "sgd")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "constant",
+    "constant_with_warmup",
+    "reduce_lr_on_plateau",
+)
+# what `lr_scheduler_kwargs` may give each schedule (Transformers' names)
+LR_SCHEDULER_KWARGS = {
+    "cosine": ("num_cycles",),
+    "cosine_with_restarts": ("num_cycles",),
+    "polynomial": ("power", "lr_end"),
+    "inverse_sqrt": ("timescale",),
+    "reduce_lr_on_plateau": ("factor", "patience", "threshold", "cooldown", "min_lr"),
+}
 STRATEGIES = ("no", "steps", "epoch")
 REPORT_TO = ("tensorboard", "none")
 
@@ -26,11 +43,17 @@ REPORT_TO = ("tensorboard", "none")
 class TrainingArguments:
     """What one training run does; the names and defaults follow `transformers.TrainingArguments`.
 
-    Allowed values: `optim` in adamw | adam | sgd (sgd takes `momentum`); `lr_scheduler_type` in linear | cosine |
-    constant | constant_with_warmup; `logging_strategy`, `eval_strategy`, `save_strategy` in no | steps | epoch;
-    `report_to` in tensorboard | none. `max_steps` > 0 overrides `num_train_epochs`. `metric_for_best_model`
-    names an evaluation metric with or without its `eval_` prefix; it defaults to `loss` when something needs it.
-    `early_stopping_patience` counts evaluations without improvement.
+    Allowed values: `optim` in adamw (= adamw_torch) | adamw_torch_fused | adam | sgd (sgd takes `momentum`);
+    `lr_scheduler_type` in linear | cosine | cosine_with_restarts | polynomial | inverse_sqrt | constant |
+    constant_with_warmup | reduce_lr_on_plateau (stepped at each evaluation with `metric_for_best_model`), with
+    `lr_scheduler_kwargs` as in Transformers (num_cycles; power, lr_end; timescale; factor, patience, threshold,
+    cooldown, min_lr);
+    `logging_strategy`, `eval_strategy`, `save_strategy` in no | steps | epoch; `report_to` in tensorboard | none.
+    `max_steps` > 0 overrides `num_train_epochs`. `metric_for_best_model` names an evaluation metric with or
+    without its `eval_` prefix; it defaults to `loss` when something needs it. `early_stopping_patience` counts
+    evaluations without improvement. `label_smoothing_factor`, `label_names`, `eval_on_start`,
+    `gradient_checkpointing` (a Transformers model's) and `remove_unused_columns` (of a `datasets.Dataset`: the
+    columns the model's forward does not take) mean what they mean in Transformers.
     """
 
     output_dir: str = "tunetrain_output"
@@ -47,9 +70,11 @@ class TrainingArguments:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, float] | None = None
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    label_smoothing_factor: float = 0.0
     fp16: bool = False
     bf16: bool = False
     use_cpu: bool = False
@@ -70,6 +95,10 @@ class TrainingArguments:
     dataloader_num_workers: int = 0
     report_to: str = "tensorboard"
     disable_tqdm: bool | None = None
+    label_names: list[str] | None = None  # the batch keys that hold the labels (default: `labels`)
+    eval_on_start: bool = False
+    gradient_checkpointing: bool = False
+    remove_unused_columns: bool = True
 
     def __post_init__(self) -> None:
         for name in ("logging_strategy", "eval_strategy", "save_strategy"):
@@ -162,7 +191,7 @@ def _field_kinds() -> dict[str, tuple[str, bool]]:
     kinds = {}
     for f in dataclasses.fields(TrainingArguments):
         annotation = str(f.type)
-        kinds[f.name] = (annotation.split(" ")[0], "None" in annotation)
+        kinds[f.name] = (annotation.split(" | ")[0], "None" in annotation)
     return kinds
 
 
@@ -185,10 +214,21 @@ def _coerce(name: str, value: Any, kind: tuple[str, bool]) -> Any:
             raise ConfigError(f"`{name}` is {show_value(value)}, but must be a finite number")
     elif type_name == "str" and isinstance(value, str):
         return value
+    elif type_name == "list[str]" and isinstance(value, (list, tuple)) and value and all(map(_is_name, value)):
+        return list(value)
+    elif type_name == "dict[str, float]" and isinstance(value, Mapping) and all(map(_is_name, value)):
+        numbers = {key: parse_float(item, strings=True, finite=True) for key, item in value.items()}
+        if all(number is not None for number in numbers.values()):
+            return numbers
     shown = show_value(value)
     if value is None or type(value) in (str, int, float, bool):  # show_value leaves a scalar's type out
         shown = f"{shown} ({type(value).__name__})"
-    raise ConfigError(f"`{name}` is {shown}, but must be a {type_name}")
+    wanted = {"dict[str, float]": "mapping of names to numbers", "list[str]": "list of names"}.get(type_name, type_name)
+    raise ConfigError(f"`{name}` is {shown}, but must be a {wanted}")
+
+
+def _is_name(item: Any) -> bool:
+    return isinstance(item, str) and bool(item)
 
 
 def _check_choices(args: TrainingArguments) -> None:
@@ -223,6 +263,8 @@ def _check_ranges(args: TrainingArguments) -> None:
     for name in ("adam_beta1", "adam_beta2", "momentum"):
         if not 0.0 <= getattr(args, name) < 1.0:
             raise ConfigError(f"`{name}` is {getattr(args, name)}, but must be in [0, 1)")
+    if not 0.0 <= args.label_smoothing_factor < 1.0:
+        raise ConfigError(f"`label_smoothing_factor` is {args.label_smoothing_factor}, but must be in [0, 1)")
     if not 0.0 <= args.warmup_ratio < 1.0:
         raise ConfigError(f"`warmup_ratio` is {args.warmup_ratio}, but must be in [0, 1)")
     for name in ("warmup_steps", "dataloader_num_workers"):
@@ -241,6 +283,26 @@ def _check_combinations(args: TrainingArguments) -> None:
         raise ConfigError("`fp16` and `bf16` are both true, but at most one mixed precision can be chosen")
     if args.momentum and args.optim != "sgd":
         raise ConfigError(f"`momentum` is {args.momentum}, but it applies only to optim=sgd (optim is {args.optim!r})")
+    if args.lr_scheduler_kwargs:
+        allowed = LR_SCHEDULER_KWARGS.get(args.lr_scheduler_type, ())
+        for key in args.lr_scheduler_kwargs:
+            if key not in allowed:
+                takes = f"takes {', '.join(allowed)}" if allowed else "takes none"
+                raise ConfigError(
+                    f"`lr_scheduler_kwargs.{key}` is not an argument of lr_scheduler_type={args.lr_scheduler_type!r} "
+                    f"(it {takes})"
+                )
+    if args.lr_scheduler_type == "reduce_lr_on_plateau" and args.lr_scheduler_kwargs:
+        for key, rule, ok in (
+            ("factor", "in (0, 1)", lambda v: 0 < v < 1),
+            ("patience", "a whole number >= 0", lambda v: v >= 0 and v == int(v)),
+            ("cooldown", "a whole number >= 0", lambda v: v >= 0 and v == int(v)),
+            ("threshold", ">= 0", lambda v: v >= 0),
+            ("min_lr", ">= 0", lambda v: v >= 0),
+        ):
+            value = args.lr_scheduler_kwargs.get(key)
+            if value is not None and not ok(value):
+                raise ConfigError(f"`lr_scheduler_kwargs.{key}` is {value}, but must be {rule}")
     if args.warmup_steps and args.warmup_ratio:
         raise ConfigError("`warmup_steps` and `warmup_ratio` are both set, but only one of them can be")
     if args.load_best_model_at_end:
@@ -257,6 +319,8 @@ def _check_combinations(args: TrainingArguments) -> None:
                 f"`load_best_model_at_end` needs save_steps to be a multiple of eval_steps, "
                 f"but they are {args.save_steps} and {eval_steps}"
             )
+    if args.lr_scheduler_type == "reduce_lr_on_plateau" and args.eval_strategy == "no":
+        raise ConfigError("`lr_scheduler_type` reduce_lr_on_plateau needs an evaluation, but eval_strategy is 'no'")
     if args.early_stopping_patience is not None and args.eval_strategy == "no":
         raise ConfigError("`early_stopping_patience` needs an evaluation, but eval_strategy is 'no'")
 

@@ -73,6 +73,9 @@ class TrainerState:
     logging_loss_sum: float = 0.0
     logging_loss_steps: int = 0
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    # torch's intra-op threads the run trained with (0: not recorded): a re-train of an export uses as many, since
+    # the floating-point sums, and so the weights, depend on it
+    num_threads: int = 0
 
     def to_json(self) -> str:
         # the fields as they are (asdict would deep-copy log_history, which grows with every evaluation), on one line:
@@ -195,6 +198,26 @@ def remove_partial_checkpoints(output_dir: str | Path) -> None:
     if root.is_dir():
         for path in root.glob(f"{_TEMP_PREFIX}-*"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_run(output_dir: str | Path) -> None:
+    """Delete what a run left in `output_dir`: its checkpoints (complete, damaged or partial) and its final model
+    in exportable form. Anything else there stays."""
+    from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, EXPORT_MARKER, METRICS_NAME
+
+    root = Path(output_dir)
+    for path in [*root.glob(f"{CHECKPOINT_PREFIX}-*"), *root.glob(f"{_TEMP_PREFIX}-*")]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+    names = [WEIGHTS_NAME, PARAMS_NAME, METRICS_NAME, EXPERIMENT_NAME, CARD_NAME]
+    try:  # and what its marker says it wrote besides (a Transformers model's config and tokenizer)
+        names += [n for n in json.loads((root / EXPORT_MARKER).read_text())["files"] if "/" not in n and n != ".."]
+        names.append(EXPORT_MARKER)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for name in names:
+        if (root / name).is_file() or (root / name).is_symlink():
+            (root / name).unlink()
 
 
 def _cannot_write(path: Path, exc: BaseException) -> str:

@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="resume from the latest checkpoint in the output dir, or from CHECKPOINT",
     )
-    train.add_argument("--output-dir", help="where checkpoints and logs go (default: train.output_dir or runs/NAME)")
+    train.add_argument(
+        "--output-dir",
+        help="where checkpoints and logs go (default: train.output_dir, else runs/NAME-train; for a DIR, DIR-final)",
+    )
+    train.add_argument(
+        "--overwrite-output-dir", action="store_true",
+        help="train from scratch into an output dir that holds another run (its checkpoints and model are removed)",
+    )  # fmt: skip
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of the experiment file, e.g. --set train.num_train_epochs=5 (repeatable)",
@@ -161,18 +168,28 @@ def _setup_logging() -> None:
 
 def _train(cli: argparse.Namespace) -> int:
     experiment, params, default_output = _what_to_train(cli)
+    _use_exported_threads(cli.experiment)
     output_dir = cli.output_dir or default_output
     args = experiment.training_arguments(**({"output_dir": output_dir} if output_dir else {}))
 
     from tunetrain.loop import Trainer
     from tunetrain.task import load_task
 
+    _check_output_dir(args.output_dir, resume=cli.resume is not None, overwrite=cli.overwrite_output_dir)
     task = load_task(experiment.task)
     if cli.full_data:
         task, args = _on_full_data(task, args)
     trainer = Trainer(task, args, experiment.space)
     output = trainer.train(resume_from_checkpoint=cli.resume, trial=params)
-    metrics = dict(output.metrics)
+    finished = (Path(trainer.run_args.output_dir) / "model.safetensors").is_file()
+    if cli.resume and "train_loss" not in output.metrics and finished:
+        # no step done, and the run's result already written (a run killed after its last checkpoint but before
+        # its final model goes on to write that model)
+        raise ConfigError(
+            f"nothing left to train: the checkpoint is at step {output.global_step}, the end of this run's budget "
+            f"({trainer.state.max_steps} steps); raise train.num_train_epochs or train.max_steps (--set) to train on"
+        )
+    metrics = {**output.metrics, "num_threads": trainer.state.num_threads}  # a re-train of it uses as many
     if task.test_dataset is not None:
         # a final fit: the test split is scored once, at the end, never used for selection
         metrics.update(trainer.evaluate(task.test_dataset, metric_key_prefix="test"))
@@ -182,12 +199,55 @@ def _train(cli: argparse.Namespace) -> int:
     return 0
 
 
+def _use_exported_threads(source: str) -> None:
+    """Re-training an export: as many torch threads as its trial trained with (the weights, and so the metric,
+    depend on it), unless OMP_NUM_THREADS chooses."""
+    import os
+
+    metrics = Path(source) / "metrics.json"
+    if os.environ.get("OMP_NUM_THREADS") or not metrics.is_file():
+        return
+    try:
+        threads = json.loads(metrics.read_text()).get("num_threads")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(threads, int) and threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+        print(f"tunetrain: {threads} torch thread(s), as the exported run had (OMP_NUM_THREADS chooses)",
+              file=sys.stderr)  # fmt: skip
+
+
+def _check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:
+    """An output dir holding another run is trained into only to resume it, or with --overwrite-output-dir (which
+    removes that run's checkpoints and model first); a search's experiment dir never (before: a second run mixed
+    in the first one's checkpoints, and a later --resume took a stale one)."""
+    from tunetrain import checkpoint as ckpt
+    from tunetrain.storage.layout import STATE_NAME, WEIGHTS_NAME
+
+    path = Path(output_dir)
+    if (path / STATE_NAME).is_file():
+        raise ConfigError(
+            f"output dir {output_dir!r} is a search's experiment dir (it has {STATE_NAME}): give another --output-dir"
+        )
+    previous = [*ckpt.list_checkpoints(path), *([path / WEIGHTS_NAME] if (path / WEIGHTS_NAME).is_file() else [])]
+    if not previous or resume:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output dir {output_dir!r} holds another run ({previous[0].name}): --resume continues it, "
+            "--overwrite-output-dir trains from scratch in its place, or give another --output-dir"
+        )
+    ckpt.remove_run(path)
+
+
 def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None]:
     """(experiment, params, default output dir) from an experiment file, an export dir or an experiment dir."""
     from tunetrain.experiment import apply_overrides, experiment_from_dict, load_experiment
     from tunetrain.results import read_experiment
     from tunetrain.storage import is_uri
-    from tunetrain.storage.layout import EXPERIMENT_NAME, FINAL_DIR
+    from tunetrain.storage.layout import EXPERIMENT_NAME, FINAL_SUFFIX
 
     path = Path(cli.experiment)
     default_output = None  # an experiment dir in remote storage (s3://...): its experiment's own output_dir
@@ -195,7 +255,7 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | 
         if not path.is_dir():
             experiment = load_experiment(path, cli.overrides)
             return experiment, _params_for(experiment, cli.params), None
-        default_output = str(path / FINAL_DIR)
+        default_output = str(path.resolve().parent / f"{path.resolve().name}{FINAL_SUFFIX}")  # beside it, not in it
         if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
             experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
             return experiment, _params_for(experiment, cli.params), default_output
@@ -265,10 +325,12 @@ def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: 
 
     output_dir = Path(trainer.run_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_model(trainer.accelerator.unwrap_model(trainer.model), str(output_dir / WEIGHTS_NAME))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    save_model(model, str(output_dir / WEIGHTS_NAME))
     write_model_dir(
-        output_dir, experiment, params, metrics, weights=output_dir / WEIGHTS_NAME, source="tunetrain train"
-    )
+        output_dir, experiment, params, metrics, weights=output_dir / WEIGHTS_NAME, source="tunetrain train",
+        model=model,
+    )  # fmt: skip
 
 
 def _export(cli: argparse.Namespace) -> int:

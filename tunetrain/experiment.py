@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,13 +36,16 @@ TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_FILE_BYTES = 1_000_000
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Experiment:
     """A loaded experiment file, every section parsed and checked (build one with `experiment_from_dict` or
     `load_experiment`; change one with `replace`).
 
-    - `train`: the fixed TrainingArguments; `output_dir` defaults to `runs/{name}`.
+    - `train`: the fixed TrainingArguments; `output_dir` defaults to `runs/{name}-train` (a search's experiment
+      dir is `runs/{name}`). Relative paths in a file are relative to the file (see `load_experiment`).
     - `space`: what a search varies (empty for a file of fixed `params`). `params`: fixed params.
     - `search`: the checked `search:` section, or None when the file has none (a search then takes every default).
     - `sections`: the `train:` and `search:` mappings as given (overrides applied): what `to_dict` writes back, so
@@ -108,7 +112,11 @@ def _changed(args: TrainingArguments) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    """Read, override (`key.path=value`, the value parsed as YAML) and check an experiment file."""
+    """Read, override (`key.path=value`, the value parsed as YAML) and check an experiment file.
+
+    Relative paths in the file (a task file, `train.output_dir`, `train.logging_dir`, `search.storage`) are
+    relative to the file's folder, for every command and backend; relative paths given with `--set` are relative
+    to the current directory."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {str(path)!r} does not exist")
@@ -119,13 +127,48 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     except UnicodeDecodeError as exc:
         raise ConfigError(f"experiment file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
     raw = read_yaml(text, f"experiment file {str(path)!r}")
-    raw = apply_overrides(raw, overrides)
+    # the file's relative paths are relative to the file; those given with --set, to where the command runs
+    raw = apply_overrides(resolve_paths(raw, path.resolve().parent), overrides)
+    raw = resolve_paths(raw, Path.cwd())
     try:
         experiment = experiment_from_dict(raw)
     except RecursionError:
         raise ConfigError(f"experiment file {str(path)!r} is nested too deeply") from None
     experiment = dataclasses.replace(experiment, path=path)
     return experiment
+
+
+def resolve_paths(raw: Any, base: Path) -> Any:
+    """A copy of a parsed experiment whose relative paths (a task file, `train.output_dir`, `train.logging_dir`,
+    a local `search.storage`) are made absolute against `base`; anything else, and anything malformed (which
+    `experiment_from_dict` reports), is left as it is."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = copy.copy(raw)
+    task = raw.get("task")
+    if isinstance(task, str) and task.count(":") == 1:
+        module, attr = task.split(":")
+        relative = Path(module).expanduser()
+        if module.endswith(".py") and not relative.is_absolute():
+            if not (base / relative).is_file() and relative.is_file():
+                # written before paths were the file's (an older export's experiment.yaml): from the current
+                # directory, as then
+                logger.warning(
+                    "task file %r is not beside the experiment file (%s) but in the current directory: using that "
+                    "one (a relative task path is relative to the experiment file)", module, base,
+                )  # fmt: skip
+                relative = relative.resolve()
+            raw["task"] = f"{base / relative}:{attr}"
+    for section, keys in (("train", ("output_dir", "logging_dir")), ("search", ("storage",))):
+        values = raw.get(section)
+        if not isinstance(values, dict):
+            continue
+        values = raw[section] = dict(values)
+        for key in keys:
+            value = values.get(key)
+            if isinstance(value, str) and value and "://" not in value and not Path(value).expanduser().is_absolute():
+                values[key] = str(base / Path(value).expanduser())
+    return raw
 
 
 def read_yaml(text: str, what: str) -> Any:
@@ -252,6 +295,9 @@ _NOT_HYPERPARAMETERS = {
     "load_best_model_at_end": "a search keeps each trial's best evaluation itself",
     "metric_for_best_model": "a search judges every trial by the one `search.metric`",
     "greater_is_better": "a search judges every trial in the one direction of `search.mode`",
+    "label_names": "it names the batch keys that hold the labels, not how a run trains",
+    "remove_unused_columns": "it says what the model is given, not how it trains",
+    "eval_on_start": "it adds a look at the untrained model, not how a run trains",
 }
 
 
@@ -324,7 +370,8 @@ def _section(raw: Mapping[str, Any], key: str, errors: list[str]) -> dict[str, A
 
 
 def _training_arguments(name: str, train: dict[str, Any], errors: list[str]) -> TrainingArguments | None:
-    """The `train:` section as TrainingArguments (`output_dir` defaults to `runs/{name}`), or None with its problems
+    """The `train:` section as TrainingArguments (`output_dir` defaults to `runs/{name}-train`, beside a search's
+    `runs/{name}`), or None with its problems
     appended: every unknown key, else the first bad value."""
     unknown = [
         f"`train.{key}` is not a TrainingArguments field{did_you_mean(key, field_names())}"
@@ -335,7 +382,7 @@ def _training_arguments(name: str, train: dict[str, Any], errors: list[str]) -> 
     if unknown:
         return None
     try:
-        return TrainingArguments.from_dict({"output_dir": str(Path("runs") / (name or "unnamed")), **train})
+        return TrainingArguments.from_dict({"output_dir": str(Path("runs") / f"{name or 'unnamed'}-train"), **train})
     except ConfigError as exc:
         errors.append(str(exc))
         return None

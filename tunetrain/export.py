@@ -38,6 +38,7 @@ from tunetrain.storage.layout import (
     EXPORT_MARKER,
     METRICS_NAME,
     PARAMS_NAME,
+    TRAINER_STATE_NAME,
     WEIGHTS_NAME,
 )
 from tunetrain.task import load_task
@@ -91,6 +92,9 @@ def write_export(
         "evaluations": trial.evaluations,
         "status": trial.status,
     }
+    threads = trained_threads(weights.parent)
+    if threads:
+        metrics["num_threads"] = threads
     write_model_dir(out_dir, experiment, trial.params, metrics, weights=weights, source=trial.best_checkpoint)
     return out_dir
 
@@ -109,6 +113,9 @@ def trial_weights(result: SearchResult, trial: TrialRecord, staging: Path) -> Pa
             raise missing
         weights = staging / trial.trial_id / WEIGHTS_NAME
         copy_down(filesystem, remote, weights)
+        state = f"{trial.best_checkpoint.split('://', 1)[1]}/{TRAINER_STATE_NAME}"
+        if is_file(filesystem, state):  # for the thread count it trained with
+            copy_down(filesystem, state, weights.parent / TRAINER_STATE_NAME)
         check_weights(weights, shown=f"{trial.best_checkpoint}/{WEIGHTS_NAME}")
         return weights
     weights = checkpoint / WEIGHTS_NAME
@@ -123,6 +130,15 @@ def trial_weights(result: SearchResult, trial: TrialRecord, staging: Path) -> Pa
             "export copies only the experiment's own files"
         )
     return weights
+
+
+def trained_threads(checkpoint: Path) -> int | None:
+    """The torch threads a checkpoint's run trained with (its trainer_state.json), if it says."""
+    try:
+        threads = json.loads((checkpoint / TRAINER_STATE_NAME).read_text()).get("num_threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and threads > 0 else None
 
 
 def check_weights(path: Path, *, shown: str | None = None) -> None:
@@ -186,8 +202,10 @@ def write_model_dir(
     *,
     weights: Path,
     source: str,
+    model: torch.nn.Module | None = None,
 ) -> None:
-    """The exportable form of a model: weights, params, metrics, a re-runnable experiment file and a card."""
+    """The exportable form of a model: weights, params, metrics, a re-runnable experiment file and a card; for a
+    Transformers model also its config and tokenizer (`model`, if given, is the trained one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_marker(out_dir, MODEL_DIR_FILES)  # first: an export cut short is still one that --force replaces
     if weights.resolve() != (out_dir / WEIGHTS_NAME).resolve():
@@ -198,6 +216,41 @@ def write_model_dir(
     header = f"# tunetrain train {out_dir / EXPERIMENT_NAME}\n# {experiment.name} with fixed params, from {source}\n"
     (out_dir / EXPERIMENT_NAME).write_text(header + yaml.safe_dump(fixed, sort_keys=False))
     (out_dir / CARD_NAME).write_text(_card(experiment, params, metrics, out_dir))
+    written = _write_transformers_files(out_dir, experiment, params, model)
+    if written:
+        _write_marker(out_dir, [*MODEL_DIR_FILES, *written])
+
+
+def _write_transformers_files(
+    out_dir: Path, experiment: Experiment, params: dict[str, Any], model: torch.nn.Module | None
+) -> list[str]:
+    """For a `transformers.PreTrainedModel`: its config (and generation config) and the task's tokenizer beside the
+    weights, so that `AutoModel*.from_pretrained(out_dir)` and `pipeline` load the export; the names written. Other
+    models, or no transformers installed: nothing (and transformers is not imported). The model is built from the
+    task's factory unless given."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    task = load_task(experiment.task)
+    if model is None:
+        if task.model_init is None:
+            return []
+        model = task.model_init({k: v for k, v in params.items() if k not in field_names()})
+    transformers = sys.modules.get("transformers")  # imported by the model's own code, if it is one
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return []
+    with tempfile.TemporaryDirectory(prefix="tunetrain-hf-") as staging:  # its own names, whatever out_dir holds
+        model.config.save_pretrained(staging)
+        if model.can_generate() and model.generation_config is not None:
+            model.generation_config.save_pretrained(staging)
+        if task.processing_class is not None and hasattr(task.processing_class, "save_pretrained"):
+            task.processing_class.save_pretrained(staging)
+        names = sorted(path.name for path in Path(staging).iterdir() if path.is_file())
+        for name in names:
+            shutil.move(str(Path(staging) / name), out_dir / name)
+    return names
 
 
 def load_model(model_dir: str | Path) -> torch.nn.Module:
@@ -211,6 +264,8 @@ def load_model(model_dir: str | Path) -> torch.nn.Module:
     experiment = load_experiment(path / EXPERIMENT_NAME)
     params = json.loads((path / PARAMS_NAME).read_text())
     task = load_task(experiment.task)
+    if task.model_init is None:
+        raise ConfigError(f"task {experiment.task!r} has no model_init, which load_model rebuilds the model with")
     model = task.model_init({k: v for k, v in params.items() if k not in field_names()})
     ckpt.load_weights(model, path / WEIGHTS_NAME)
     model.eval()

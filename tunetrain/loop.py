@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tunetrain import checkpoint as ckpt
 from tunetrain.args import TrainingArguments, field_names
 from tunetrain.data import batched
 from tunetrain.errors import CheckpointError, ConfigError, NonFiniteLossError
+from tunetrain.prediction import Gathered, PredictionOutput, call_compute_metrics
 from tunetrain.reporting import ConsoleReporter, OptunaReporter, Reporter, TensorBoardReporter, TrainerControl
 from tunetrain.task import Task, load_task
 
@@ -86,9 +88,12 @@ class _Run:
 class Trainer:
     """Trains `task`'s model with `args`; `space` turns an `optuna.Trial` into params and checks dict params.
 
-    `reporters` are extra `Reporter`s (a search driver's); the console (unless `console=False`: a search shows its
+    `reporters` (or `callbacks`, Transformers' name) are extra `Reporter`s (`TrainerCallback`: a search driver's,
+    or the user's); the console (unless `console=False`: a search shows its
     own progress), TensorBoard (per `report_to`) and, for an `optuna.Trial`, Optuna reporters are added by
-    `train()`. `model` is a model to `evaluate()` without training (e.g. `tunetrain.load_model(DIR)`).
+    `train()`. `model`, as in Transformers, is the model that trains (a pretrained one to fine-tune, or one loaded
+    with `tunetrain.load_model(DIR)`), and that `evaluate()` and `predict()` score; without it `train()` builds a
+    fresh one with the task's `model_init` (which a search needs: each trial trains a fresh model).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Trainer:
         reporters: list[Reporter] | None = None,
         console: bool = True,
         model: torch.nn.Module | None = None,
+        callbacks: list[Reporter] | None = None,
     ) -> None:
         self.task = load_task(task)
         self.console = console
@@ -107,8 +113,15 @@ class Trainer:
         if not isinstance(self.args, TrainingArguments):
             raise ConfigError(f"`args` is a {type(self.args).__name__}, but must be a TrainingArguments")
         self.space = space
-        self.reporters = list(reporters or [])
-        self.model = model  # scored by evaluate() before any train(); train() builds a fresh one with model_init
+        self.reporters = [*(reporters or []), *(callbacks or [])]  # `callbacks`: Transformers' name for them
+        for index, reporter in enumerate(self.reporters):
+            if not isinstance(reporter, Reporter):
+                raise ConfigError(
+                    f"callback {index} is a {type(reporter).__module__}.{type(reporter).__name__}, but must be a "
+                    "tunetrain.TrainerCallback (its hooks: on_train_begin, on_step, on_log, on_evaluate, on_train_end)"
+                )
+        self.model = model  # the given or the last trained model: what evaluate() and predict() score
+        self._given_model = model  # what train() trains; None: a fresh one from model_init at each train()
         self._prepared_model: torch.nn.Module | None = None
         self.params: dict[str, Any] = {}
         self.state = ckpt.TrainerState()  # the current (or last) run's; train() replaces it
@@ -118,6 +131,7 @@ class Trainer:
         self._on_cpu: bool | None = None
         self._distributed: bool | None = None
         self._plain_backward: bool | None = None
+        self._shift_labels = False  # a Transformers causal LM's: label smoothing shifts its labels, as Transformers
 
     # ------------------------------------------------------------------ public API
 
@@ -155,6 +169,23 @@ class Trainer:
         dataset = dataset if dataset is not None else self.task.eval_dataset
         if dataset is None:
             raise ConfigError(f"no dataset to evaluate: task {self.task.name!r} has no eval_dataset")
+        self._model_to_score()
+        return self._evaluate(dataset, ignore_keys, metric_key_prefix)
+
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
+        """The model's predictions on `test_dataset`, as Transformers' `Trainer.predict`: `predictions` (numpy,
+        batches padded with -100 where their lengths differ), `label_ids` (None for a dataset without labels) and
+        `metrics` (`{prefix}_loss` where there are labels, compute_metrics' where there are, runtime)."""
+        if test_dataset is None:
+            raise ConfigError("no dataset to predict on: pass one (e.g. task.test_dataset)")
+        self._model_to_score()
+        metrics, predictions, labels = self._prediction_loop(test_dataset, ignore_keys, metric_key_prefix, True)
+        return PredictionOutput(predictions=predictions, label_ids=labels, metrics=metrics)
+
+    def _model_to_score(self) -> None:
+        """The model evaluate() and predict() score: the one given or trained, else one built from the params."""
         if self.accelerator is None:
             self._setup_accelerator(self.run_args)
         if self.model is None:
@@ -162,7 +193,6 @@ class Trainer:
             self.model = self._build_model(self.params)
         if self.model is not self._prepared_model:  # a model given, or built here: device placement once
             self.model = self._prepared_model = self._prepare_model(self.model)
-        return self._evaluate(dataset, ignore_keys, metric_key_prefix)
 
     # ------------------------------------------------------------------ the loop
 
@@ -182,9 +212,12 @@ class Trainer:
         state, control, reporters, window_loss = run.state, run.control, run.reporters, run.window_loss
         num_batches, accum, steps_per_epoch, max_steps = run.num_batches, run.accum, run.steps_per_epoch, run.max_steps
         max_grad_norm = args.max_grad_norm
+        per_step_schedule = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # that one: evals
         start_epoch, steps_into_epoch = divmod(state.global_step, steps_per_epoch)
         num_epochs = math.ceil(max_steps / steps_per_epoch)
         try:
+            if args.eval_on_start and state.global_step == 0:
+                self._evaluate_on_start(run, ignore_keys_for_eval)
             for epoch in range(start_epoch, num_epochs):
                 if state.global_step >= max_steps or control.should_stop:
                     break
@@ -198,7 +231,8 @@ class Trainer:
                     if not boundary:
                         continue
                     run.grad_norm = self._optimizer_step(model, optimizer, scaler, max_grad_norm)
-                    scheduler.step()
+                    if per_step_schedule:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.global_step += 1
                     state.epoch = state.global_step / steps_per_epoch
@@ -228,9 +262,35 @@ class Trainer:
         """Seed, model, data, optimizer, schedule, the state (the checkpoint's when resuming), reporters begun."""
         self._setup_accelerator(args)
         accelerator = self.accelerator
+        if args.fp16 and accelerator.scaler is None:  # accelerate's fp16 off a GPU: no autocast, no scaling
+            raise ConfigError(
+                f"`fp16` is true, but the model runs on {accelerator.device.type}, where fp16 mixed precision does "
+                "nothing (the run would train in fp32): use bf16 on a CPU, or fp16 on a GPU"
+            )
         _set_seed(args.seed)
-        model = self._prepare_model(self._build_model(model_params))
+        if self._given_model is not None:
+            if model_params:
+                raise ConfigError(
+                    f"params {sorted(model_params)} go to the task's model_init, but the Trainer was given a model to "
+                    "train: drop them, or build the model from them with model_init (and give no model)"
+                )
+            model = self._prepare_model(self._given_model)
+        else:
+            model = self._prepare_model(self._build_model(model_params))
         self.model = self._prepared_model = model
+        self._shift_labels = _is_causal_lm(accelerator.unwrap_model(model))
+        if args.gradient_checkpointing:
+            unwrapped = accelerator.unwrap_model(model)
+            if not hasattr(unwrapped, "gradient_checkpointing_enable"):
+                raise ConfigError(
+                    f"`gradient_checkpointing` is true, but the model ({type(unwrapped).__name__}) has no "
+                    "gradient_checkpointing_enable() (a Transformers PreTrainedModel has)"
+                )
+            # Transformers 5 names it activation checkpointing (the old name is deprecated there)
+            enable = (
+                getattr(unwrapped, "activation_checkpointing_enable", None) or unwrapped.gradient_checkpointing_enable
+            )
+            enable()
         train_loader, epoch_generator = self._train_loader(batch_size, args)
         num_batches = len(train_loader)
         accum = args.gradient_accumulation_steps
@@ -239,14 +299,22 @@ class Trainer:
         optimizer = _make_optimizer(model, args)
         scheduler = _make_scheduler(optimizer, args, max_steps)
         scaler = accelerator.scaler
+        _warn_of_strategies_that_never_fire(args, max_steps)
         state = ckpt.TrainerState(max_steps=max_steps, steps_per_epoch=steps_per_epoch, train_batch_size=batch_size)
         if resume_path is not None:
             state = self._resume(resume_path, model, optimizer, scheduler, scaler, state, model_params)
+            if state.global_step >= max_steps:
+                logger.warning(
+                    "%s is at step %d, and this run's budget is %d steps: nothing is left to train (raise "
+                    "num_train_epochs or max_steps to train on)", resume_path, state.global_step, max_steps,
+                )  # fmt: skip
+        state.num_threads = torch.get_num_threads()
         self.state = state
         ckpt.remove_partial_checkpoints(args.output_dir)
         control = TrainerControl()
         reporters = reporters if accelerator.is_main_process else []
         for reporter in reporters:
+            reporter.control = control  # any hook may stop the run (checked after every optimizer step)
             reporter.on_train_begin(args, state, self.params)
         # per-call counters: metrics count only the work done in this call. The loss of the steps since the
         # last log line is summed on the device (one add per micro-batch, no sync); a resumed run starts from
@@ -281,7 +349,7 @@ class Trainer:
         `model` is `run.model`, passed from the loop's local to save a lookup per micro-batch.
         """
         batch = self._to_device(batch)
-        inputs, labels = _split_batch(batch)
+        inputs, labels = _split_batch(batch, run.args.label_names)
         run.samples_seen += _batch_size(labels if labels is not None else inputs)
         with self.accelerator.no_sync(model) if not boundary and self._distributed else _nullcontext():
             outputs = _call_model(model, inputs, labels)
@@ -346,11 +414,23 @@ class Trainer:
         run.window_loss.zero_()  # in place: the loop sums into this very tensor
         state.logging_loss_steps = 0
 
+    def _evaluate_on_start(self, run: _Run, ignore_keys: list[str] | None) -> None:
+        """eval_on_start: the untrained model scored and logged (console, TensorBoard), as in Transformers. Not an
+        evaluation of the run's: no best model, no early stopping, nothing a search prunes on."""
+        if self.task.eval_dataset is None:
+            raise ConfigError(f"`eval_on_start` is true, but task {self.task.name!r} has no eval_dataset")
+        metrics = {**self._evaluate(self.task.eval_dataset, ignore_keys, "eval"), "epoch": 0.0}
+        run.state.log_history.append({**metrics, "step": 0})
+        for reporter in run.reporters:
+            reporter.on_log(metrics, run.state)
+
     def _evaluate_and_track(self, run: _Run, ignore_keys: list[str] | None) -> dict[str, float]:
         """The eval set's metrics (with the epoch), after tracking the best and early stopping with them."""
         metrics = self._evaluate(self.task.eval_dataset, ignore_keys, "eval")
         metrics["epoch"] = run.state.epoch
         self._track_best(run.args, run.state, run.control, metrics)
+        if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # as Transformers steps it
+            run.scheduler.step(metrics[run.args.objective_metric])
         return metrics
 
     def _save(self, run: _Run) -> Path:
@@ -397,9 +477,10 @@ class Trainer:
             "train_samples": samples_seen,
             "train_samples_per_second": round(samples_seen / runtime, 3) if runtime else 0.0,
             "train_steps_per_second": round(steps_done / runtime, 3) if runtime else 0.0,
-            "train_loss": training_loss,
             "epoch": state.epoch,
         }
+        if steps_done:  # none when a resumed run's budget was already spent: no loss to report (not NaN)
+            metrics["train_loss"] = training_loss
         metrics.update(self._last_eval_metrics(state))
         if state.best_metric is not None:
             metrics["best_metric"] = state.best_metric
@@ -435,10 +516,18 @@ class Trainer:
 
     def _evaluate(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> dict[str, float]:
         """Loss and compute_metrics over a whole split, in eval mode without gradients."""
+        return self._prediction_loop(dataset, ignore_keys, prefix, False)[0]
+
+    def _prediction_loop(
+        self, dataset: Any, ignore_keys: list[str] | None, prefix: str, keep: bool
+    ) -> tuple[dict[str, float], Any, Any]:
+        """(metrics, predictions, labels) over a whole split, in eval mode without gradients. Predictions and
+        labels are gathered when `keep` or for compute_metrics (else None); the loss needs labels or a model that
+        returns one."""
         model = self.model
         was_training = model.training
         model.eval()
-        dataset, collate_fn = batched(dataset, self.task.collate_fn)
+        dataset, collate_fn = batched(self._model_columns(dataset), self.task.collate_fn)
         loader = DataLoader(
             dataset,
             batch_size=self.run_args.per_device_eval_batch_size,
@@ -449,32 +538,35 @@ class Trainer:
         )
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
-        count = 0
-        predictions, label_batches = [], []
+        count = scored = 0
+        gather = keep or self.task.compute_metrics is not None
+        gathered = Gathered()
+        preprocess = self.task.preprocess_logits_for_metrics
         with torch.no_grad():
             for batch in loader:
                 batch = self._to_device(batch)
-                inputs, labels = _split_batch(batch)
+                inputs, labels = _split_batch(batch, self.run_args.label_names)
                 outputs = _call_model(model, inputs, labels)
                 size = _batch_size(labels if labels is not None else inputs)
-                loss_sum += self._compute_loss(outputs, labels).double() * size
                 count += size
-                if self.task.compute_metrics is not None:
-                    predictions.append(_logits(outputs, ignore_keys).float().cpu())
-                    label_batches.append(labels.cpu())
+                if labels is not None or _returned_loss(outputs) is not None:
+                    loss_sum += self._compute_loss(outputs, labels).double() * size
+                    scored += size
+                if gather:
+                    logits = _predictions(outputs, ignore_keys)
+                    gathered.add(preprocess(logits, labels) if preprocess is not None else logits, labels)
         if was_training:
             model.train()
-        metrics = {f"{prefix}_loss": loss_sum.item() / max(count, 1)}
-        if self.task.compute_metrics is not None:
-            computed = self.task.compute_metrics(torch.cat(predictions).numpy(), torch.cat(label_batches).numpy())
-            if not isinstance(computed, Mapping):
-                raise ConfigError(f"compute_metrics returned a {type(computed).__name__}, but must return a dict")
+        metrics = {f"{prefix}_loss": loss_sum.item() / scored} if scored else {}
+        predictions, labels = gathered.result()
+        if self.task.compute_metrics is not None and labels is not None:
+            computed = call_compute_metrics(self.task.compute_metrics, predictions, labels)
             for key, value in computed.items():
                 metrics[key if key.startswith(f"{prefix}_") else f"{prefix}_{key}"] = float(value)
         runtime = time.perf_counter() - start
         metrics[f"{prefix}_runtime"] = round(runtime, 4)
         metrics[f"{prefix}_samples_per_second"] = round(count / runtime, 3) if runtime else 0.0
-        return metrics
+        return metrics, predictions, labels
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -548,7 +640,30 @@ class Trainer:
             return model.to(self.accelerator.device)
         return self.accelerator.prepare_model(model)
 
+    def _model_columns(self, dataset: Any) -> Any:
+        """remove_unused_columns, as in Transformers: a `datasets.Dataset`'s columns that the model's forward does
+        not take (text, ids) dropped, the labels kept; any other dataset as it is."""
+        if not self.run_args.remove_unused_columns or not hasattr(dataset, "remove_columns"):
+            return dataset
+        columns = getattr(dataset, "column_names", None)
+        if not isinstance(columns, list):
+            return dataset
+        model = self.accelerator.unwrap_model(self.model) if self.accelerator is not None else self.model
+        parameters = inspect.signature(model.forward).parameters
+        named = {name for name, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        labels = {"label", "label_ids", "labels", *(self.run_args.label_names or [])}
+        unused = [column for column in columns if column not in named | labels]
+        if not unused or all(column in unused or column in labels for column in columns):
+            # nothing to drop, or every input would go (a forward that takes **kwargs only): as it is
+            return dataset
+        return dataset.remove_columns(unused)
+
     def _build_model(self, model_params: dict[str, Any]) -> torch.nn.Module:
+        if self.task.model_init is None:
+            raise ConfigError(
+                f"task {self.task.name!r} has no model_init and the Trainer was given no model: a search builds a "
+                "fresh model for each trial with model_init(params); a single run trains Trainer(..., model=model)"
+            )
         model = self.task.model_init(dict(model_params))
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"model_init returned a {type(model).__name__}, but must return a torch.nn.Module")
@@ -564,7 +679,7 @@ class Trainer:
         workers = args.dataloader_num_workers > 0
         worker_seeds = torch.Generator().manual_seed(args.seed)
         # a batch of a TensorDataset / ArrowDataset is fetched with one indexing per tensor (same batches)
-        dataset, collate_fn = batched(self.task.train_dataset, self.task.collate_fn)
+        dataset, collate_fn = batched(self._model_columns(self.task.train_dataset), self.task.collate_fn)
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -620,12 +735,19 @@ class Trainer:
     def _compute_loss(self, outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
         if self.task.compute_loss is not None:
             return self.task.compute_loss(outputs, labels)
+        smoothing = self.run_args.label_smoothing_factor
+        if smoothing and isinstance(labels, torch.Tensor):  # as Transformers: from the logits, whatever loss it returns
+            logits = _logits(outputs, None)
+            if self._shift_labels:  # a causal LM predicts the next token: its labels are the inputs, shifted
+                logits, labels = logits[..., :-1, :], labels[..., 1:]
+            flat = logits.reshape(-1, logits.shape[-1]).float()
+            return F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100, label_smoothing=smoothing)
         return _default_loss(outputs, labels)
 
     @staticmethod
     def _last_eval_metrics(state: ckpt.TrainerState) -> dict[str, float]:
         for entry in reversed(state.log_history):
-            if any(k.startswith("eval_") for k in entry):
+            if entry.get("step") and any(k.startswith("eval_") for k in entry):  # not eval_on_start's (step 0)
                 return {k: v for k, v in entry.items() if k.startswith("eval_")}
         return {}
 
@@ -686,32 +808,64 @@ def _make_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
     if args.optim == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
     betas = (args.adam_beta1, args.adam_beta2)
-    optimizer_class = torch.optim.AdamW if args.optim == "adamw" else torch.optim.Adam
-    return optimizer_class(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+    if args.optim == "adam":
+        return torch.optim.Adam(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+    fused = {"fused": True} if args.optim == "adamw_torch_fused" else {}  # adamw is Transformers' adamw_torch
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon, **fused)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, max_steps: int) -> Any:
+    """The learning rate's schedule, as Transformers' `get_scheduler` shapes it (a factor of the initial rate)."""
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * max_steps)
     kind = args.lr_scheduler_type
+    kwargs = args.lr_scheduler_kwargs or {}
+    if kind == "reduce_lr_on_plateau":  # stepped with the metric at each evaluation (see _evaluate_and_track)
+        plateau = {k: int(v) if k in ("patience", "cooldown") else v for k, v in kwargs.items()}
+        mode = "max" if args.greater_is_better else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, **plateau)
 
     def factor(step: int) -> float:
         if step < warmup and kind != "constant":
             return step / max(1, warmup)
         if kind in ("constant", "constant_with_warmup"):
             return 1.0
-        progress = (step - warmup) / max(1, max_steps - warmup)
+        if kind == "inverse_sqrt":
+            timescale = kwargs.get("timescale", warmup or 10_000)
+            return 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+        progress = min((step - warmup) / max(1, max_steps - warmup), 1.0)
         if kind == "linear":
             return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+        if kind == "polynomial":
+            lr_end, power = kwargs.get("lr_end", 1e-7), kwargs.get("power", 1.0)
+            if args.learning_rate <= lr_end:
+                return 1.0
+            return ((args.learning_rate - lr_end) * (1.0 - progress) ** power + lr_end) / args.learning_rate
+        if kind == "cosine_with_restarts":
+            if progress >= 1.0:
+                return 0.0
+            cycles = kwargs.get("num_cycles", 1.0)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
+        cycles = kwargs.get("num_cycles", 0.5)  # Transformers' cosine: half a cycle, from 1 down to 0
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
+def _split_batch(batch: Any, label_names: list[str] | None = None) -> tuple[Any, Any]:
+    """(inputs, labels) of a batch: a dict's `labels` (or its `label_names`: one tensor, or a tuple of them), or
+    the second of an (inputs, labels) pair."""
     if isinstance(batch, Mapping):
-        return batch, batch.get("labels")
+        if not label_names:
+            return batch, batch.get("labels")
+        missing = [name for name in label_names if name not in batch]
+        if missing:
+            raise ConfigError(f"`label_names` names {missing}, but a batch has only the keys {sorted(batch)}")
+        labels = tuple(batch[name] for name in label_names)
+        return batch, labels[0] if len(labels) == 1 else labels
     if isinstance(batch, (list, tuple)) and len(batch) == 2:
         return batch[0], batch[1]
+    if isinstance(batch, (list, tuple)) and len(batch) == 1:  # an unlabelled TensorDataset's
+        return batch[0], None
     raise ConfigError(
         f"a batch is a {type(batch).__name__}, but must be a dict (with 'labels') or an (inputs, labels) pair"
     )
@@ -738,13 +892,39 @@ def _accepts_labels(model: torch.nn.Module) -> bool:
     return _ACCEPTS_LABELS[cls]
 
 
+def _returned_loss(outputs: Any) -> torch.Tensor | None:
+    """The `loss` a model's output holds (a dict's, or a Transformers ModelOutput's), if any."""
+    return outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+
+
 def _default_loss(outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+    loss = _returned_loss(outputs)
     if loss is not None:
         return loss
     if labels is None:
         raise ConfigError("the model returned no `loss` and the batch has no labels: give the task a compute_loss")
     return F.cross_entropy(_logits(outputs, None), labels)
+
+
+def _is_causal_lm(model: torch.nn.Module) -> bool:
+    """Whether `model` is a Transformers causal language model (transformers is not imported for any other)."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def _predictions(outputs: Any, ignore_keys: list[str] | None) -> Any:
+    """What an evaluation gathers of a batch's outputs, as Transformers does: a mapping's (a ModelOutput's) every
+    output but the loss and `ignore_keys`, one tensor or a tuple of them (a question answering model's start and end
+    logits); any other output as `_logits` takes it."""
+    if isinstance(outputs, Mapping):
+        kept = [v for k, v in outputs.items() if k != "loss" and k not in (ignore_keys or ()) and v is not None]
+        if len(kept) > 1:
+            return tuple(kept)
+    return _logits(outputs, ignore_keys)
 
 
 def _logits(outputs: Any, ignore_keys: list[str] | None) -> torch.Tensor:
@@ -790,6 +970,24 @@ def _finite_window_sum(run: _Run) -> float:
         raise NonFiniteLossError(f"the training loss became {window_sum} in steps {first}-{step}; the run stopped")
     run.loss_finite_through = step
     return window_sum
+
+
+def _warn_of_strategies_that_never_fire(args: TrainingArguments, max_steps: int) -> None:
+    """A warning, before training, for each `*_steps` longer than the whole run (an evaluation, a checkpoint or a
+    log line it asks for would never come), and for a best model that could then never be chosen."""
+    never = [
+        (what, f"{name}={getattr(args, name)}")
+        for what, strategy, name in (
+            ("evaluates", "eval_strategy", "eval_steps"),
+            ("saves a checkpoint", "save_strategy", "save_steps"),
+            ("logs", "logging_strategy", "logging_steps"),
+        )
+        if getattr(args, strategy) == "steps" and getattr(args, name) > max_steps
+    ]
+    for what, setting in never:
+        logger.warning("%s, but this run has %d optimizer steps: it never %s", setting, max_steps, what)
+    if args.load_best_model_at_end and any(what == "evaluates" for what, _ in never):
+        logger.warning("load_best_model_at_end is set, but no evaluation comes: no best model can be chosen")
 
 
 def _training_loss(run: _Run) -> float:

@@ -50,7 +50,7 @@ _LINE_STYLES: dict[str, dict[str, Any]] = {
 }
 _LEGEND_LABELS = {
     "completed": "completed",
-    "stopped": "stopped early (x: its last rung)",
+    "stopped": "pruned, stopped_early or timed_out (x: its last evaluation)",
     "errored": "errored",
     "running": "running (>: latest evaluation)",
 }
@@ -89,7 +89,7 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     images = {
         CURVES_PNG: _save(_curves_figure(result, history), out / CURVES_PNG),
-        PARAMS_PNG: _save(_params_figure(result), out / PARAMS_PNG),
+        PARAMS_PNG: _save(_params_figure(result, _log_params(experiment_dir)), out / PARAMS_PNG),
         BEST_SO_FAR_PNG: _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG),
     }
     page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
@@ -120,14 +120,26 @@ def learning_curve_data(result: SearchResult, history: list[dict[str, Any]]) -> 
     return curves
 
 
-def param_scale(values: list[Any]) -> str:
-    """How a param's axis is drawn: 'category' (any non-number), 'log' (positive, > 2 decades) or 'linear'."""
+def param_scale(values: list[Any], *, log: bool = False) -> str:
+    """How a param's axis is drawn: 'category' (any non-number), 'log' (a param the space samples on a log scale,
+    or positive values over > 2 decades) or 'linear'."""
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         return "category"
     low, high = min(values), max(values)
-    if low > 0 and high / low > 100:
+    if low > 0 and (log or high / low > 100):
         return "log"
     return "linear"
+
+
+def _log_params(experiment_dir: str | Path) -> set[str]:
+    """The params the experiment's space samples on a log scale (`log: true`); none when search.json cannot say."""
+    from tunetrain.results import read_experiment
+
+    try:
+        _, experiment = read_experiment(experiment_dir)
+    except ConfigError:  # a results dir without its search.json: the values decide the axes
+        return set()
+    return {param.name for param in experiment.space.params if getattr(param, "log", False)}
 
 
 def best_so_far_data(result: SearchResult, history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -256,7 +268,7 @@ def _status_legend(ax: Axes, styles: set[str]) -> None:
     ax.legend(handles=handles, loc="best", fontsize=9)
 
 
-def _params_figure(result: SearchResult) -> Figure:
+def _params_figure(result: SearchResult, log_params: set[str] = frozenset()) -> Figure:
     names = sorted({name for t in result.trials for name in t.params})
     columns = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
@@ -265,16 +277,16 @@ def _params_figure(result: SearchResult) -> Figure:
         fig.add_subplot().text(0.5, 0.5, "no searched params", ha="center", va="center")
         return fig
     for i, name in enumerate(names):
-        _draw_param(fig.add_subplot(rows, columns, i + 1), result, name)
+        _draw_param(fig.add_subplot(rows, columns, i + 1), result, name, log=name in log_params)
     fig.suptitle(f"best {result.metric} per trial against each param ({_direction(result.mode)})")
     return fig
 
 
-def _draw_param(ax: Axes, result: SearchResult, name: str) -> None:
+def _draw_param(ax: Axes, result: SearchResult, name: str, *, log: bool = False) -> None:
     """Best metric per ranked trial against this param's value; the best trial is a star."""
     trials = [t for t in result.ranked() if name in t.params]
     values = [t.params[name] for t in trials]
-    scale = param_scale(values) if values else "linear"
+    scale = param_scale(values, log=log) if values else "linear"
     xs = _category_positions(ax, values) if scale == "category" else values
     for trial, x in zip(trials, xs, strict=True):
         color = _LINE_STYLES[_style(trial)]["color"]
@@ -404,12 +416,13 @@ def _top_table_html(result: SearchResult, top_k: int) -> str:
 
 def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
     captions = {
-        CURVES_PNG: f"Learning curves: {result.metric} at each evaluation of every trial. Trials stopped early "
-        "are lighter and end in an x at the rung where they were stopped; errored trials are dashed; running "
-        "trials end in a triangle at their latest evaluation; the best trial is black, its best point a star.",
+        CURVES_PNG: f"Learning curves: {result.metric} at each evaluation of every trial. Trials pruned, "
+        "stopped_early or timed_out are lighter and end in an x at their last evaluation; errored trials are "
+        "dashed; running trials end in a triangle at their latest evaluation; the best trial is black, its best "
+        "point a star.",
         PARAMS_PNG: f"Best {result.metric} of each trial that reported one (errored trials left out) against each "
-        "searched param, colored by status as in the learning curves; params whose values span more than two "
-        "decades are on a log axis. The star is the best trial.",
+        "searched param, colored by status as in the learning curves; params the space samples on a log scale, "
+        "and params whose values span more than two decades, are on a log axis. The star is the best trial.",
         BEST_SO_FAR_PNG: f"Best {result.metric} found so far against the evaluations run by all trials together, "
         "in the order they finished (the compute spent); grey dots are single evaluations.",
     }

@@ -37,7 +37,18 @@ class TrainerControl:
 
 
 class Reporter:
-    """Base class: every hook does nothing. Only the main process's reporters are called."""
+    """Base class of the loop's callbacks (`TrainerCallback`, as a Transformers user writes them): every hook does
+    nothing. Only the main process's reporters are called.
+
+    The hooks, in order: `on_train_begin(args, state, params)`, `on_step(state)` after every optimizer step,
+    `on_log(logs, state)` at each log line, `on_evaluate(metrics, state, control, checkpoint)` after each evaluation
+    (and the checkpoint saved at that step, if one was), `on_train_end(metrics, state)`; `close()` instead when the
+    run fails. `state` is the run's `TrainerState` (global_step, epoch, best_metric, log_history, ...). Any hook
+    may stop the run with `self.control.stop("why")`: it stops after the current optimizer step, and the final
+    metrics say `stopped: why`.
+    """
+
+    control: TrainerControl  # the run's, set before on_train_begin
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, params: dict[str, Any]) -> None:
         pass
@@ -58,6 +69,9 @@ class Reporter:
 
     def close(self) -> None:
         """Release files and terminals; called instead of on_train_end when the run fails."""
+
+
+TrainerCallback = Reporter  # Transformers' name for the same thing
 
 
 class ConsoleReporter(Reporter):
@@ -125,6 +139,9 @@ class TensorBoardReporter(Reporter):
         for key in ("loss", "learning_rate", "grad_norm"):
             if key in logs:
                 self._writer.add_scalar(f"train/{key}", logs[key], state.global_step)
+        for key, value in logs.items():  # an evaluation logged, not judged (eval_on_start)
+            if key.startswith("eval_") and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"eval/{key[len('eval_') :]}", value, state.global_step)
 
     def on_evaluate(
         self, metrics: dict[str, float], state: TrainerState, control: TrainerControl, checkpoint: Path | None

@@ -4,7 +4,7 @@ Both search backends feed a `ResultsBook` from the driver process as trials repo
 files (atomically, on a local disk; as single objects, on a pyarrow filesystem) at most every few seconds and at
 the end, so a killed search leaves results that are at most that old, and a rerun picks them up again.
 `SearchResult` reads them back (`read_results`) and answers what a user asks of a search: the best trial, the
-top k, how many stopped early.
+top k, how many ended in each status.
 """
 
 from __future__ import annotations
@@ -133,11 +133,9 @@ class SearchResult:
         done = f"{finished}/{total}" if total else str(finished)
         best = self.best
         best_text = f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
-        out_of_time = f"; {counts['timed_out']} out of time" if counts["timed_out"] else ""
-        return (
-            f"{done} done, {counts['running']} running, {counts['stopped_early'] + counts['pruned']} stopped early, "
-            f"{counts['errored']} errored; {best_text}{out_of_time}"
-        )
+        # each status by its own name, as the table and the report show it
+        ended = ", ".join(f"{counts[status]} {status}" for status in STATUSES if status != "running" and counts[status])
+        return f"{done} done{f' ({ended})' if ended else ''}, {counts['running']} running; {best_text}"
 
 
 class ResultsBook:

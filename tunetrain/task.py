@@ -30,27 +30,36 @@ class Task:
 
     - `model_init(params) -> nn.Module`: builds a fresh model from the params that are not TrainingArguments
       fields (sizes, dropout, ...). Called after the run's seed is set, so its initial weights are reproducible.
+      A search needs it (each trial a fresh model); a single run can instead train a model given to the Trainer
+      (`Trainer(task, args, model=model)`, as in Transformers).
     - `train_dataset`, `eval_dataset`, `test_dataset`: a torch `Dataset`, a `pyarrow.Table`, or the path of a
       Parquet file (both through `tunetrain.data.ArrowDataset`). A search selects on eval; test is scored only
       at the end of a final fit.
     - `collate_fn`: passed to the DataLoader (default: torch's default_collate).
     - `compute_loss(outputs, labels) -> Tensor`: default is the model's returned `loss` when its output has one,
       else cross-entropy of the logits against `labels`.
-    - `compute_metrics(predictions, labels) -> dict`: numpy arrays of the whole split in, floats out; the loop
-      adds `eval_loss` and the `eval_` prefix.
+    - `compute_metrics(predictions, labels) -> dict`, or Transformers' `compute_metrics(eval_pred)` (an
+      `EvalPrediction`: `.predictions`, `.label_ids`): numpy arrays of the whole split in (batches of different
+      lengths padded with -100), floats out; the loop adds `eval_loss` and the `eval_` prefix.
+    - `preprocess_logits_for_metrics(logits, labels) -> Tensor`: applied to each batch's logits before they are
+      gathered for compute_metrics (e.g. an argmax, so that a vocabulary's logits are not kept), as in Transformers.
+    - `processing_class`: the tokenizer (or processor) of a Transformers model, as Transformers' Trainer takes it:
+      an export of the model saves it beside the model, for `from_pretrained` and `pipeline`.
     """
 
-    model_init: ModelInit
     train_dataset: Any
+    model_init: ModelInit | None = None
     eval_dataset: Any = None
     test_dataset: Any = None
     collate_fn: Callable[[list[Any]], Any] | None = None
     compute_loss: ComputeLoss | None = None
     compute_metrics: ComputeMetrics | None = None
+    preprocess_logits_for_metrics: Callable[[Any, Any], Any] | None = None
+    processing_class: Any = None
     name: str = ""
 
     def __post_init__(self) -> None:
-        if not callable(self.model_init):
+        if self.model_init is not None and not callable(self.model_init):
             raise TaskError(f"`model_init` is {self.model_init!r}, but must be callable as model_init(params)")
         from tunetrain.data import as_dataset
 
@@ -59,7 +68,7 @@ class Task:
             raise TaskError("`train_dataset` is None, but a task needs training data")
         self.eval_dataset = as_dataset(self.eval_dataset, "eval_dataset")
         self.test_dataset = as_dataset(self.test_dataset, "test_dataset")
-        for name in ("collate_fn", "compute_loss", "compute_metrics"):
+        for name in ("collate_fn", "compute_loss", "compute_metrics", "preprocess_logits_for_metrics"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TaskError(f"`{name}` is {value!r}, but must be callable or None")

@@ -49,7 +49,7 @@ def read_bytes(filesystem: FileSystem, path: str) -> bytes:
 
 def write_whole(filesystem: FileSystem, path: str, data: bytes) -> None:
     """Write `data` to `path` whole (see the module docstring), creating its directory."""
-    _atomic(filesystem, path, lambda target: Path(target).write_bytes(data), lambda stream: stream.write(data))
+    _atomic(filesystem, path, lambda stream: stream.write(data))
 
 
 def write_local_file(path: str | Path, data: bytes) -> None:
@@ -99,12 +99,7 @@ def write_parquet(filesystem: FileSystem, path: str, table: Any) -> None:
     """A `pyarrow.Table` as a parquet file, written whole."""
     import pyarrow.parquet as pq
 
-    _atomic(
-        filesystem,
-        path,
-        lambda target: pq.write_table(table, target),
-        lambda stream: pq.write_table(table, stream),
-    )
+    _atomic(filesystem, path, lambda stream: pq.write_table(table, stream))
 
 
 def upload_dir(local_dir: str | Path, filesystem: FileSystem, remote: str, *, marker: str) -> None:
@@ -126,16 +121,23 @@ def copy_down(filesystem: FileSystem, remote: str, local: str | Path) -> None:
     fs.copy_files(remote, str(target), source_filesystem=filesystem)
 
 
-def _atomic(filesystem: FileSystem, path: str, write_local: Any, write_stream: Any) -> None:
+def _atomic(filesystem: FileSystem, path: str, write: Any) -> None:
+    """`write(stream)` into `path` whole. Locally: into a temporary file this call creates itself (never one that
+    is there already: a link planted under its name would be followed), then renamed over `path` (which replaces
+    a link there rather than writing through it)."""
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     if is_local(filesystem):
         tmp = f"{path}.tmp-{os.getpid()}"  # one per process: two writers never share a temporary file
         try:
-            write_local(tmp)
+            if os.path.lexists(tmp):  # left by a killed writer of this pid, or planted
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as stream:
+                write(stream)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
+            if os.path.lexists(tmp):
                 os.remove(tmp)
     else:
         with filesystem.open_output_stream(path) as stream:
-            write_stream(stream)
+            write(stream)

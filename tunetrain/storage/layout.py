@@ -69,7 +69,7 @@ METRICS_NAME = "metrics.json"
 EXPERIMENT_NAME = "experiment.yaml"
 CARD_NAME = "README.md"
 EXPORT_MARKER = ".tunetrain-export"  # what an export wrote (JSON): the only dir `--force` may empty
-FINAL_DIR = "final"  # `tunetrain train EXPERIMENT_DIR`'s default output dir
+FINAL_SUFFIX = "-final"  # `tunetrain train DIR` (an experiment dir or an export) writes beside it: DIR-final
 
 
 class ExperimentDir:

@@ -513,6 +513,11 @@ def _conflicts_with_run(
         problems.append(
             f"`{where}` judges trials by their evaluations, but `train.eval_strategy` is 'no': set it to epoch or steps"
         )
+    if args.eval_on_start:  # it would count as each trial's first evaluation where a resumed trial counts them
+        problems.append(
+            f"`{where}` judges trials by their own evaluations, but `train.eval_on_start` is true: a look at the "
+            "untrained model is no evaluation of a trial; set it false for the search"
+        )
     return problems
 
 

@@ -8,6 +8,7 @@ an unfinished search, shows a finished one, and starts over with `restart=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
 import logging
@@ -77,13 +78,40 @@ def _as_started(
         )
     if state.get("experiment") == experiment.to_dict():
         return experiment, config
+    started_with = state.get("experiment", {}).get("task") if isinstance(state.get("experiment"), dict) else None
+    if not _same_task(started_with, experiment.task):
+        # the task is code: it comes from the file the user runs, never from the experiment dir (whoever can write
+        # the storage could name their own there)
+        raise ConfigError(
+            f"experiment {experiment.name!r} started with task {started_with!r}, but the file names "
+            f"{experiment.task!r}: a search continues only with the task it started with; name it again, or "
+            "--restart starts the search over with the new one"
+        )
     logger.warning(
         "the experiment file (or --set / flags) changed since this search started; it continues with the "
         "settings it started with, at this storage and address (use --restart to start over with the new ones)"
     )
-    experiment = experiment_from_dict(state["experiment"])
+    # the settings it started with; the task (code) always the file's, which is the same one (see _same_task)
+    experiment = dataclasses.replace(experiment_from_dict(state["experiment"]), task=experiment.task)
     kept = {"address": options["address"], "storage": options["storage"], "backend": started_on}
     return experiment, _config(experiment, kept)
+
+
+def _same_task(started_with: Any, task: str) -> bool:
+    """Whether the task a search started with is the file's: the same name, or a task file of the same name and
+    the same bytes (a copy of the project, or a search.json written when task paths were kept relative)."""
+    if started_with == task:
+        return True
+    if not isinstance(started_with, str) or started_with.count(":") != 1 or task.count(":") != 1:
+        return False
+    (old_module, old_attr), (module, attr) = started_with.split(":"), task.split(":")
+    old_file, file = Path(old_module).expanduser(), Path(module).expanduser()
+    if old_attr != attr or not module.endswith(".py") or old_file.name != file.name:
+        return False
+    try:
+        return old_file.read_bytes() == file.read_bytes()
+    except OSError:
+        return False
 
 
 def _run(

@@ -31,6 +31,7 @@ from tunetrain.tuning.components import make_ray_scheduler, make_sampler
 from tunetrain.tuning.ray import cluster, state
 from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
 from tunetrain.tuning.ray.protocol import OBJECTIVE
+from tunetrain.tuning.ray.sealed_fs import sealed_view
 from tunetrain.tuning.ray.search_state import SearchState
 from tunetrain.tuning.ray.worker import TrialSpec, run_trial
 from tunetrain.tuning.trial import max_t_for
@@ -77,6 +78,8 @@ class RayBackend(Backend):
             state.seal_ray_state(self.exp_dir, {state.TUNER_NAME: tuner_state})
         bookkeeper = _bookkeeper_of(tuner)
         bookkeeper.tuner_state = tuner_state  # sealed with each of Ray's snapshots (see state)
+        # a restored bookkeeper names where the search ran before: an experiment moved since lives here now
+        bookkeeper.storage, bookkeeper.exp_path = self.config.storage, self.exp_dir.path
         fit_started = time.monotonic()
         tuner.fit()
         bookkeeper.seal()  # Ray's last snapshot, saved as fit ended (Ctrl-C included)
@@ -117,11 +120,15 @@ class RayBackend(Backend):
     def _restore(self, trainable: Any) -> tuple[tune.Tuner, bytes]:
         """The Tuner Ray saved, from the copy of its state this user's tunetrain sealed (see state), token
         checkpoints deleted early put back; and the tuner.pkl it restored from."""
-        path, filesystem = state.location(self.exp_dir)
         sealed = state.restore_sealed(self.exp_dir)
         state.mend_tokens(self.exp_dir)
+        # Ray reads its state back from the storage for a while after this: through a view in which those files are
+        # the sealed copy whatever the storage holds by then (see sealed_fs)
+        view = sealed_view(self.exp_dir.filesystem, self.exp_dir.path, sealed)
         try:
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
+            tuner = tune.Tuner.restore(
+                self.exp_dir.path, trainable=trainable, resume_errored=True, storage_filesystem=view
+            )
         except (AttributeError, ImportError) as exc:  # its pickles name classes this version does not have
             raise ConfigError(
                 f"Ray's saved state of this search names code this version of tunetrain does not have ({exc}): "

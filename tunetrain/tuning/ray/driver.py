@@ -202,7 +202,13 @@ class Bookkeeper(tune.Callback):
         except ConfigError as exc:  # the key went missing or bad since the search started: the same
             logger.warning("Ray's snapshot not sealed: %s", exc)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # a trial Ray retries (max_failures) had its exception pickled too: the storage's copy is never read
+        trial.run_metadata.pickled_error_filename = None
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:  # before Ray builds its ResultGrid, which unpickles each named error from the storage
+            trial.run_metadata.pickled_error_filename = None
         # a trial the killed driver had started after Ray's last snapshot is unknown to the restored search, which
         # ran another in its place: say so rather than leave it 'running' for ever
         known = {trial.trial_id for trial in trials}

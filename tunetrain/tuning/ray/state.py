@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,10 @@ def restore_sealed(exp_dir: ExperimentDir) -> dict[str, bytes]:
         raise ConfigError(_unsealed(exp_dir, "there is no sealed copy of it"))
     filesystem, path = exp_dir.filesystem, exp_dir.path
     aside = f"{exp_dir.ray_backup_path}/{SET_ASIDE_DIR}"
+    if exp_dir.is_local:  # a link planted in their place would have the moves below write wherever it points
+        for folder in (exp_dir.ray_backup_path, aside):
+            if os.path.islink(folder):
+                os.unlink(folder)
     sealed_session = max((_session_of(name) or "" for name in sealed), default="")
     set_aside = []
     for name in live_state(exp_dir):
