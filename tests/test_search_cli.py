@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 from conftest import TESTS
 from slow_search import (
@@ -253,6 +254,11 @@ def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp
     try:
         done_before = wait_until_partway(str(exp_dir), driver, finished=1)
         assert done_before, "the search did not get far enough to be interrupted"
+        # the running search's study, mirrored into its optuna.journal, read here with Optuna's own storage as
+        # optuna-dashboard reads it (issue 13): the finished trial COMPLETE, one RUNNING with reported values
+        live = _journal_trials(exp_dir)
+        assert optuna.trial.TrialState.COMPLETE in {t.state for t in live}
+        assert any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in live)
         # the Ray it started listens on loopback only (Ray would otherwise advertise the machine's address)
         listening = _listening_addresses(driver.pid)
         assert listening and listening <= LOOPBACK, listening
@@ -275,6 +281,15 @@ def test_ctrl_c_stops_the_search_says_how_to_resume_and_resuming_finishes_it(tmp
     assert all(ended_at[trial_id] == ended for trial_id, ended in done_before.items())  # not rerun
     check_resumed(logs, results, done_before)  # and the interrupted ones resumed from their checkpoints
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
+    # one study across the interruption: each trial once, COMPLETE, none left RUNNING
+    finished = _journal_trials(exp_dir)
+    assert len(finished) == 6 and {t.state for t in finished} == {optuna.trial.TrialState.COMPLETE}
+    assert sorted(t.params["hidden"] for t in finished) == sorted(t.params["hidden"] for t in results.trials)
+
+
+def _journal_trials(exp_dir) -> list:
+    journal = optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+    return optuna.load_study(study_name="killed", storage=optuna.storages.JournalStorage(journal)).get_trials()
 
 
 def test_ray_address_from_the_environment_is_the_cluster_to_join(tmp_path):

@@ -106,6 +106,16 @@ def test_search_end_to_end_with_asha(tmp_path, monkeypatch):
             assert frozen.value == trial.best_metric
     assert json.loads((exp_dir / "search.json").read_text())["status"] == "finished"
 
+    # and the study is mirrored into the experiment's optuna.journal, as the optuna backend's study is kept there:
+    # what optuna-dashboard reads (issue 13: before, Ray's study lived in memory only)
+    journal = optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+    on_journal = optuna.load_study(study_name="tiny-search", storage=optuna.storages.JournalStorage(journal))
+    mirrored = {(t.params["hidden"], t.state, t.values and t.value) for t in on_journal.get_trials()}
+    assert mirrored == {(f.params["hidden"], f.state, f.values and f.value) for f in study_trials.values()}
+    assert {t.state for t in on_journal.get_trials()} == {
+        optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
+    }  # fmt: skip
+
     # a finished experiment is shown, not rerun
     again = search(_experiment(tmp_path))
     assert [(t.trial_id, t.ended_at) for t in again.trials] == [(t.trial_id, t.ended_at) for t in on_disk.trials]

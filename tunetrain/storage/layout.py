@@ -6,7 +6,7 @@ storage/NAME/                      an experiment dir (`ExperimentDir`)
   search.json                      how the search was started, and whether it finished
   results.parquet                  a row per trial
   history.parquet                  a row per evaluation
-  optuna.journal                   the study (optuna backend)
+  optuna.journal                   the study (optuna backend), or a mirror of it (ray backend, local storage)
   trials/<trial id>/               a trial's output dir: its checkpoints, and ended.json once it ended for good
   tensorboard/<trial id>/          its TensorBoard events
   report.html, *.png               `tunetrain report`'s page and figures

@@ -95,11 +95,15 @@ class RayBackend(Backend):
         # Ctrl-C: Tune saves its state and returns as if done; trials left running, or fewer trials than planned
         # with no time budget to explain it, mean the search is not done
         running = result.counts()["running"]
+        searcher = tuner._local_tuner._tune_config.search_alg  # the one Ray ran (restored, on a resume)
         if running and out_of_time:
+            searcher.mirror(finished=True)
             return self._end_by_budget()
         missing = self.config.time_budget_s is None and len(result.trials) < self.num_samples()
         if running or missing:
+            searcher.mirror(force=True)
             raise KeyboardInterrupt(f"{running} trial(s) left running")
+        searcher.mirror(finished=True)  # the journal's trials Ray's state lost told FAIL
         return result
 
     def _end_by_budget(self) -> SearchResult:
@@ -165,6 +169,7 @@ class RayBackend(Backend):
             mode=config.mode,
             sampler=make_sampler(config, space),
             points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
+            journal=(self.exp_dir.path, self.experiment.name) if self.exp_dir.is_local else None,
         )
         return tune.TuneConfig(
             search_alg=searcher,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,82 @@ from tunetrain.tuning.ray.search_state import SearchState
 
 logger = logging.getLogger(__name__)
 
+MIRROR_EVERY_S = 1.0  # how often the study is mirrored into the journal, at most (see PrunedAwareOptunaSearch)
+
 
 class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
 
-    def __init__(self, search_state: SearchState, **optuna_search: Any) -> None:
+    def __init__(
+        self, search_state: SearchState, *, journal: tuple[str, str] | None = None, **optuna_search: Any
+    ) -> None:
         super().__init__(**optuna_search)
         self.search_state = search_state
+        # the study mirrored into (experiment dir's optuna.journal path, study name), for optuna-dashboard; None: not
+        # mirrored (remote storage). The study itself stays in memory, saved and restored with Ray's state: a
+        # journal written as trials go runs ahead of what Ray restores after a kill
+        self._journal = journal
+        self._mirrored: dict[int, tuple[int, str, int]] = {}  # trial number -> (journal trial id, state, values)
+        self._mirror_study_id: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # the mirror's storage is opened again where it is needed
+        state = dict(self.__dict__)
+        state.pop("_mirror_storage", None)
+        state.pop("_mirrored_at", None)
+        return state
+
+    def mirror(self, *, force: bool = False, finished: bool = False) -> None:
+        """Bring the journal up to the study: new trials added, new intermediate values, ended states. At most once
+        a second unless `force` (each journal write takes a lock and a sync: a trial that starts and ends between
+        two mirrors is written once, whole). With `finished` (the search is over), trials the journal holds as
+        running that the study does not (a driver killed after it mirrored them, before Ray saved its state) are
+        told FAIL."""
+        if self._journal is None or self._ot_study is None:
+            return
+        now = time.monotonic()
+        if not (force or finished) and now - self.__dict__.get("_mirrored_at", 0.0) < MIRROR_EVERY_S:
+            return
+        self._mirrored_at = now
+        from optuna.trial import TrialState
+
+        storage = self._mirror_target()
+        for trial in self._ot_study.get_trials(deepcopy=False):
+            seen = (trial.state.name, len(trial.intermediate_values))
+            mirrored = self._mirrored.get(trial.number)
+            if mirrored is None:
+                journal_id = storage.create_new_trial(self._mirror_study_id, template_trial=trial)
+            elif mirrored[1:] == seen:
+                continue
+            else:
+                journal_id = mirrored[0]
+                if storage.get_trial(journal_id).state.is_finished():
+                    continue
+                for step, value in trial.intermediate_values.items():
+                    storage.set_trial_intermediate_value(journal_id, step, value)
+                if trial.state.is_finished():
+                    storage.set_trial_state_values(journal_id, trial.state, trial.values)
+            self._mirrored[trial.number] = (journal_id, *seen)
+        if finished:
+            ours = {journal_id for journal_id, _, _ in self._mirrored.values()}
+            for trial in storage.get_all_trials(self._mirror_study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial._trial_id not in ours:
+                    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    def _mirror_target(self) -> Any:
+        storage = self.__dict__.get("_mirror_storage")
+        if storage is None:
+            import optuna
+
+            from tunetrain.tuning.optuna import journal_storage, repair_journal
+
+            path, name = self._journal
+            repair_journal(f"{path}/optuna.journal")
+            storage = journal_storage(path)
+            direction = self._ot_study.direction
+            study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+            self._mirror_study_id = study._study_id
+            self._mirror_storage = storage
+        return storage
 
     def restore(self, checkpoint_path: str) -> None:
         # Ray restores a searcher by replacing its __dict__ with the pickled one: keep the state shared with the
@@ -49,13 +119,25 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().save_to_dir(checkpoint_dir, session_str)
         self.search_state.snapshot = (checkpoint_dir, session_str)
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        self.mirror()
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if values_of(result).get("error") or not self._knows(trial_id):
             return
         # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
         super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
+        self.mirror()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            self._told_complete(trial_id, result, error)
+        finally:
+            self.mirror()
+
+    def _told_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if not self._knows(trial_id):
             return
         if values_of(result).get("error"):  # it diverged: FAIL, as Optuna does with a NaN objective
