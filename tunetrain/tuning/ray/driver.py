@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tunetrain.errors import ConfigError
 from tunetrain.results import ResultsBook
 from tunetrain.storage import ExperimentDir, resolve_storage
+from tunetrain.storage.layout import JOURNAL_NAME
 from tunetrain.tuning.progress import Progress
 from tunetrain.tuning.ray import state
 from tunetrain.tuning.ray.protocol import EVALUATION, FINAL_STATUSES, OBJECTIVE, read_ended, values_of, write_ended
@@ -44,7 +45,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         # mirrored (remote storage). The study itself stays in memory, saved and restored with Ray's state: a
         # journal written as trials go runs ahead of what Ray restores after a kill
         self._journal = journal
-        self._mirrored: dict[int, tuple[int, str, int]] = {}  # trial number -> (journal trial id, state, values)
+        # trial number -> (journal trial id, state name, intermediate values count) as last mirrored
+        self._mirrored: dict[int, tuple[int, str, int]] = {}
         self._mirror_study_id: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # the mirror's storage is opened again where it is needed
@@ -98,7 +100,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             from tunetrain.tuning.optuna import journal_storage, repair_journal
 
             path, name = self._journal
-            repair_journal(f"{path}/optuna.journal")
+            repair_journal(f"{path}/{JOURNAL_NAME}")
             storage = journal_storage(path)
             direction = self._ot_study.direction
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
