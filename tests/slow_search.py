@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +78,14 @@ def env(**extra: str) -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tunetrain.cli", *args]
+
+
+def start_search(experiment: Path, **ray_env: str) -> subprocess.Popen:
+    """`tunetrain search EXPERIMENT` in a session of its own (so that `kill_search` reaches its local Ray), silent."""
+    return subprocess.Popen(
+        cli("search", str(experiment)), env=env(**ray_env), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def write_experiment(tmp_path: Path, task: str, **search: Any) -> Path:

@@ -74,7 +74,7 @@ def test_a_half_written_save_is_never_listed_and_is_removed(tmp_path, monkeypatc
     def killed() -> None:
         raise KeyboardInterrupt  # not a storage error: the save is cut short and cleans nothing up, as a kill
 
-    monkeypatch.setattr(ckpt, "_rng_state", killed)
+    monkeypatch.setattr(ckpt, "rng_state", killed)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 12)
     partial = tmp_path / f".tmp-checkpoint-12-{os.getpid()}"

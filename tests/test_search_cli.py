@@ -28,6 +28,7 @@ from slow_search import (
     runs_of,
     saving,
     slow_search,
+    start_search,
     wait_for,
     wait_until_partway,
     write_experiment,
@@ -68,10 +69,7 @@ def test_sigkilled_search_resumes_without_rerunning_completed_trials(tmp_path, r
     logs, experiment = slow_search(tmp_path)
     exp_dir = tmp_path / "runs" / "killed"
 
-    driver = subprocess.Popen(
-        cli("search", str(experiment)), env=env(**ray_env), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    driver = start_search(experiment, **ray_env)
     try:
         done_before = wait_until_partway(str(exp_dir), driver, finished=2)
         assert done_before, "the search did not get far enough to be killed"
@@ -104,10 +102,7 @@ def test_a_search_killed_again_and_again_at_random_points_loses_no_completed_tri
     completed: dict[str, float] = {}  # trial id -> ended_at, of the trials the results said completed
     kills: list[dict[str, tuple[int, int]]] = []  # after each kill: each trial's runs so far and latest checkpoint
     for number in range(3):
-        driver = subprocess.Popen(
-            cli("search", str(experiment)), env=env(), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        driver = start_search(experiment)
         if number == 0:  # the first kill lands while a trial writes a checkpoint (driver and workers at once)
             assert wait_for(lambda: saving(exp_dir), driver), "no checkpoint was written"
         else:  # the others at a random point after this run's first checkpoint
@@ -173,10 +168,7 @@ def test_code_planted_in_rays_saved_state_never_runs_and_the_search_resumes_from
     # payload ran in the driver on the rerun)
     logs, experiment = slow_search(tmp_path)
     exp_dir = tmp_path / "runs" / "killed"
-    driver = subprocess.Popen(
-        cli("search", str(experiment)), env=env(), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    driver = start_search(experiment)
     try:
         done_before = wait_until_partway(str(exp_dir), driver, finished=1)
         assert done_before, "the search did not get far enough to be killed"

@@ -261,11 +261,52 @@ def test_gpus_are_a_fraction_or_whole(gpu):
         ({"GPU": 1}, "`search.resources_per_trial.GPU` is not a resource key (did you mean `gpu`?)"),
         ({"memory": 1}, "`search.resources_per_trial.memory` is not a resource key"),
         ("gpu", "`search.resources_per_trial` is 'gpu', but must be a mapping such as {cpu: 1, gpu: 0.5}"),
+        ({"workers": 0}, "`search.resources_per_trial.workers` is 0, but must be >= 1"),
+        ({"workers": "two"}, "`search.resources_per_trial.workers` is 'two', but must be an integer"),
+        ({"workers": 2, "gpu": 0.5}, "`search.resources_per_trial.gpu` is 0.5, but with workers: 2 each worker needs"),
     ],
 )
 def test_resource_rules(resources, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         _load({"resources_per_trial": resources})
+
+
+def test_workers_are_processes_per_trial_each_with_its_cpus_and_gpus():
+    config = _load({"resources_per_trial": {"workers": 2, "cpu": 1, "gpu": 1}})
+    assert config.resources_per_trial == Resources(cpu=1, gpu=1, workers=2)
+    assert config.to_dict()["resources_per_trial"] == {"cpu": 1, "gpu": 1, "workers": 2}
+    assert _load(None).resources_per_trial.workers == 1
+
+
+def test_workers_need_the_ray_backend():
+    with pytest.raises(
+        ConfigError, match=re.escape("`search.resources_per_trial.workers` is 2, but the optuna backend")
+    ):
+        _load({"backend": "optuna", "resources_per_trial": {"workers": 2}})
+
+
+@pytest.mark.parametrize(
+    ("nodes", "fits"),
+    [
+        ([{"CPU": 2}], True),  # both workers on one node
+        ([{"CPU": 1}, {"CPU": 1}], True),  # one on each node, as Ray Train may place them
+        ([{"CPU": 1.5}, {"CPU": 0.5}], False),  # 2 CPUs in all, but only one node holds a whole worker
+        ([{"CPU": 4, "GPU": 1}], False),  # a GPU each: one GPU holds one worker
+        ([{"CPU": 4, "GPU": 1}, {"CPU": 1, "GPU": 1}], True),
+    ],
+)
+def test_a_trial_fits_when_the_nodes_together_hold_its_workers(monkeypatch, nodes, fits):
+    from tunetrain.tuning.ray import cluster
+
+    monkeypatch.setattr(cluster.ray, "nodes", lambda: [{"Alive": True, "Resources": n} for n in nodes])
+    gpu = 1 if any("GPU" in n for n in nodes) else 0
+    if fits:
+        cluster.check_workers_fit(2, 1, gpu, "`search.resources_per_trial` asks for")
+    else:
+        with pytest.raises(
+            ConfigError, match=r"asks for 2 workers of 1 CPU \+ \d GPU each, but the Ray cluster's nodes"
+        ):
+            cluster.check_workers_fit(2, 1, gpu, "`search.resources_per_trial` asks for")
 
 
 # --- points to evaluate -----------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class TrainerState:
     # torch's intra-op threads the run trained with (0: not recorded): a re-train of an export uses as many, since
     # the floating-point sums, and so the weights, depend on it
     num_threads: int = 0
+    # the data-parallel world size: processes that each trained on their share of every global batch
+    num_processes: int = 1
 
     def to_json(self) -> str:
         # the fields as they are (asdict would deep-copy log_history, which grows with every evaluation), on one line:
@@ -158,8 +160,12 @@ def save_checkpoint(
     state: TrainerState,
     params: dict[str, Any],
     args: dict[str, Any],
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write `output_dir/checkpoint-{step}` atomically and return its path."""
+    """Write `output_dir/checkpoint-{step}` atomically and return its path.
+
+    `rng_states` are every process's RNG states (`rng_state()`), by process index, for a data-parallel run: its
+    main process writes them all (each resumes from its own); by default this process's."""
     final = checkpoint_path(output_dir, state.global_step)
     tmp = Path(output_dir) / f"{_TEMP_PREFIX}-{state.global_step}-{os.getpid()}"
     try:
@@ -175,8 +181,9 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_NAME)
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / SCALER_NAME)
-        # every RNG the run draws from
-        torch.save(_rng_state(), tmp / RNG_STATE_NAME)
+        # every RNG the run draws from, each process's
+        for index, rng in enumerate(rng_states or [rng_state()]):
+            torch.save(rng, tmp / rng_state_name(index))
         # JSON last: trainer_state.json marks a directory as complete in list_checkpoints
         (tmp / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
         (tmp / ARGS_NAME).write_text(json.dumps(args, indent=2, sort_keys=True, default=str))
@@ -288,10 +295,19 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def load_training_state(
-    path: str | Path, *, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, device: torch.device
+    path: str | Path,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    device: torch.device,
+    process_index: int = 0,
 ) -> None:
-    """Restore optimizer, scheduler, scaler and every RNG from a checkpoint (weights: `load_weights`)."""
+    """Restore optimizer, scheduler, scaler and every RNG from a checkpoint (weights: `load_weights`); the RNG
+    states of process `process_index` of a data-parallel run."""
     path = Path(path)
+    if device.type == "cpu":  # accelerate's data-parallel CPU processes say cpu:0, which torch.load cannot map to
+        device = torch.device("cpu")
     optimizer_state = _load_tensors(path / OPTIMIZER_NAME, map_location=device)
     scheduler_state = _load_tensors(path / SCHEDULER_NAME)
     try:
@@ -303,7 +319,16 @@ def load_training_state(
         if not (path / SCALER_NAME).is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} has no {SCALER_NAME}, but this run uses fp16")
         scaler.load_state_dict(_load_tensors(path / SCALER_NAME))
-    _set_rng_state(_load_tensors(path / RNG_STATE_NAME), path)
+    rng_file = path / rng_state_name(process_index)
+    if not rng_file.is_file():
+        # a checkpoint of a run with fewer processes: this one starts from the main process's RNG states (which
+        # every process had at the start: they are all seeded alike), and the run is no longer the one it continues
+        logger.warning(
+            "checkpoint %s has no RNG states for process %d (it was saved by a run with fewer processes): that "
+            "process draws from the main process's", path, process_index,
+        )  # fmt: skip
+        rng_file = path / RNG_STATE_NAME
+    _set_rng_state(_load_tensors(rng_file), path)
 
 
 def rotate_checkpoints(output_dir: str | Path, *, limit: int | None, keep: str | Path | None) -> list[Path]:
@@ -326,7 +351,16 @@ def rotate_checkpoints(output_dir: str | Path, *, limit: int | None, keep: str |
     return doomed
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state_name(process_index: int) -> str:
+    """The file of one process's RNG states in a checkpoint: the main process's is `rng_state.pt`, as one process's."""
+    if process_index == 0:
+        return RNG_STATE_NAME
+    stem, suffix = RNG_STATE_NAME.rsplit(".", 1)
+    return f"{stem}_{process_index}.{suffix}"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch, CUDA), as a checkpoint holds them."""
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {

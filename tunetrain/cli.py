@@ -7,6 +7,7 @@ and exit with code 2; a traceback means a bug in tunetrain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of the experiment file, e.g. --set train.num_train_epochs=5 (repeatable)",
     )  # fmt: skip
+    train.add_argument(
+        "--nproc", type=_top_k, default=1, metavar="N",
+        help="train data-parallel on N processes of this machine (gloo on CPUs, nccl on GPUs: one a GPU)",
+    )  # fmt: skip
+    train.add_argument(
+        "--address", help="train on a Ray cluster (auto or HOST:PORT) through Ray Train; the output dir must be shared"
+    )
+    train.add_argument("--workers", type=_top_k, metavar="N", help="with --address: Ray Train workers (default 1)")
+    train.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, metavar="C", help="with --address: CPUs a worker (default 1)"
+    )
+    train.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G", help="with --address: GPUs a worker (default 0)"
+    )
 
     search = commands.add_parser("search", help="search the experiment's space (Ray Tune by default)")
     search.add_argument("experiment", help="the experiment YAML file")
@@ -167,22 +182,59 @@ def _setup_logging() -> None:
 
 
 def _train(cli: argparse.Namespace) -> int:
+    _check_launch(cli)
     experiment, params, default_output = _what_to_train(cli)
-    _use_exported_threads(cli.experiment)
+    threads = _use_exported_threads(cli.experiment)
     output_dir = cli.output_dir or default_output
     args = experiment.training_arguments(**({"output_dir": output_dir} if output_dir else {}))
+    _check_output_dir(args.output_dir, resume=cli.resume is not None, overwrite=cli.overwrite_output_dir)
+    fit = FinalFit(experiment, params, args, resume=cli.resume, full_data=cli.full_data)
+    if cli.address:
+        shown = _fit_on_ray(cli, fit)
+    elif cli.nproc > 1:
+        from tunetrain.launch import check_devices, launch
 
+        check_devices(cli.nproc, use_cpu=args.use_cpu)
+
+        shown = launch(final_fit, (fit,), nproc=cli.nproc, threads=threads)
+    else:
+        shown = final_fit(fit)
+    print(json.dumps(shown, default=str))
+    return 0
+
+
+def _check_launch(cli: argparse.Namespace) -> None:
+    if cli.address and cli.nproc > 1:
+        raise ConfigError("--nproc trains on this machine, --address on a Ray cluster (with --workers): give one")
+    if not cli.address and (cli.workers is not None or cli.cpus_per_worker != 1.0 or cli.gpus_per_worker != 0.0):
+        raise ConfigError("--workers, --cpus-per-worker and --gpus-per-worker are for a Ray cluster: add --address")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalFit:
+    """What `tunetrain train` trains, the same in each of its processes."""
+
+    experiment: Any
+    params: dict[str, Any]
+    args: Any  # TrainingArguments
+    resume: Any = None  # --resume: None, True, or a checkpoint
+    full_data: bool = False
+
+
+def final_fit(fit: FinalFit) -> dict[str, Any]:
+    """The final fit in this process (one of several, data-parallel): train, score the test split once, and (the
+    main process) write the exportable model beside the checkpoints; what `tunetrain train` prints."""
     from tunetrain.loop import Trainer
     from tunetrain.task import load_task
 
-    _check_output_dir(args.output_dir, resume=cli.resume is not None, overwrite=cli.overwrite_output_dir)
-    task = load_task(experiment.task)
-    if cli.full_data:
+    args = fit.args
+    task = load_task(fit.experiment.task)
+    if fit.full_data:
         task, args = _on_full_data(task, args)
-    trainer = Trainer(task, args, experiment.space)
-    output = trainer.train(resume_from_checkpoint=cli.resume, trial=params)
+    trainer = Trainer(task, args, fit.experiment.space, console=_is_main_process())
+    output = trainer.train(resume_from_checkpoint=fit.resume, trial=fit.params)
     finished = (Path(trainer.run_args.output_dir) / "model.safetensors").is_file()
-    if cli.resume and "train_loss" not in output.metrics and finished:
+    if fit.resume and "train_loss" not in output.metrics and finished:
         # no step done, and the run's result already written (a run killed after its last checkpoint but before
         # its final model goes on to write that model)
         raise ConfigError(
@@ -193,30 +245,76 @@ def _train(cli: argparse.Namespace) -> int:
     if task.test_dataset is not None:
         # a final fit: the test split is scored once, at the end, never used for selection
         metrics.update(trainer.evaluate(task.test_dataset, metric_key_prefix="test"))
-    _save_final(trainer, experiment, params, metrics)
+    if trainer.accelerator.is_main_process:
+        _save_final(trainer, fit.experiment, fit.params, metrics)
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
-    print(json.dumps({"output_dir": trainer.run_args.output_dir, "params": params, "metrics": shown}, default=str))
-    return 0
+    return {"output_dir": trainer.run_args.output_dir, "params": fit.params, "metrics": shown}
 
 
-def _use_exported_threads(source: str) -> None:
+def _is_main_process() -> bool:
+    """Whether this process is the main one of its run (RANK 0, or no launcher at all)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit) -> dict[str, Any]:
+    """The final fit on a Ray cluster's workers (Ray Train); what the main worker's `final_fit` returned."""
+    from tunetrain.tuning.config import Resources, SearchConfig
+    from tunetrain.tuning.ray import cluster
+    from tunetrain.tuning.ray.data_parallel import run_on_workers
+
+    workers = cli.workers or 1
+    resources = Resources(cpu=cli.cpus_per_worker, gpu=cli.gpus_per_worker, workers=workers)
+    config = SearchConfig(address=cli.address, resources_per_trial=resources)
+    started = cluster.start(config, named="--address")
+    try:
+        cluster.check_workers_fit(workers, resources.cpu, resources.gpu, "--workers asks for")
+        shown: list[dict[str, Any]] = []
+        run_on_workers(
+            _final_fit_worker,
+            {"fit": fit, "threads": max(1, int(resources.cpu))},
+            workers=workers,
+            cpu=resources.cpu,
+            gpu=resources.gpu,
+            name=f"tunetrain-train-{fit.experiment.name}",
+            on_item=shown.append,
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return shown[-1]
+
+
+def _final_fit_worker(config: dict[str, Any]) -> None:
+    """A Ray Train worker of `tunetrain train --address`: `final_fit` in this process, the main one's output relayed."""
+    import ray.train
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    shown = final_fit(config["fit"])
+    if ray.train.get_context().get_world_rank() == 0:
+        config["relay"].put(shown)
+
+
+def _use_exported_threads(source: str) -> int | None:
     """Re-training an export: as many torch threads as its trial trained with (the weights, and so the metric,
-    depend on it), unless OMP_NUM_THREADS chooses."""
-    import os
-
+    depend on it), unless OMP_NUM_THREADS chooses; returns that count (None: the default)."""
     metrics = Path(source) / "metrics.json"
     if os.environ.get("OMP_NUM_THREADS") or not metrics.is_file():
-        return
+        return None
     try:
         threads = json.loads(metrics.read_text()).get("num_threads")
     except (OSError, ValueError, AttributeError):
-        return
+        return None
     if isinstance(threads, int) and threads > 0:
         import torch
 
         torch.set_num_threads(threads)
         print(f"tunetrain: {threads} torch thread(s), as the exported run had (OMP_NUM_THREADS chooses)",
               file=sys.stderr)  # fmt: skip
+        return threads
+    return None
 
 
 def _check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None:

@@ -42,3 +42,8 @@ class StorageError(TunetrainError, RuntimeError):
 class NonFiniteLossError(TunetrainError, RuntimeError):
     """The training loss became NaN or infinite: the run diverged (too high a learning rate, say). Not a mistake in
     the config but an outcome of these params: a search marks the trial errored with this message and goes on."""
+
+
+class ProcessFailedError(TunetrainError, RuntimeError):
+    """A process of a data-parallel run died without a tunetrain error (killed, or a bug: its traceback is above it);
+    the run's other processes were stopped, and its checkpoints resume it."""

@@ -91,6 +91,7 @@ def write_export(
         "best_step": trial.best_step,
         "evaluations": trial.evaluations,
         "status": trial.status,
+        "num_processes": trial.num_processes,  # the data-parallel world size it trained with
     }
     threads = trained_threads(weights.parent)
     if threads:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -148,7 +149,9 @@ class Trainer:
         """
         params, optuna_trial = self._resolve_params(trial)
         run_args = self._args_for(params)
-        resume_path = self._resolve_checkpoint(resume_from_checkpoint, run_args)
+        self._setup_accelerator(run_args)
+        # several processes: the main one chooses the checkpoint (moving a damaged one aside), every one loads it
+        resume_path = self._main_decides(lambda: self._resolve_checkpoint(resume_from_checkpoint, run_args))
         model_params = {k: v for k, v in params.items() if k not in field_names()}
         reporters = self._make_reporters(run_args, optuna_trial)
         self.params = params
@@ -300,7 +303,12 @@ class Trainer:
         scheduler = _make_scheduler(optimizer, args, max_steps)
         scaler = accelerator.scaler
         _warn_of_strategies_that_never_fire(args, max_steps)
-        state = ckpt.TrainerState(max_steps=max_steps, steps_per_epoch=steps_per_epoch, train_batch_size=batch_size)
+        state = ckpt.TrainerState(
+            max_steps=max_steps,
+            steps_per_epoch=steps_per_epoch,
+            train_batch_size=batch_size,
+            num_processes=accelerator.num_processes,
+        )
         if resume_path is not None:
             state = self._resume(resume_path, model, optimizer, scheduler, scaler, state, model_params)
             if state.global_step >= max_steps:
@@ -310,7 +318,8 @@ class Trainer:
                 )  # fmt: skip
         state.num_threads = torch.get_num_threads()
         self.state = state
-        ckpt.remove_partial_checkpoints(args.output_dir)
+        if accelerator.is_main_process:
+            ckpt.remove_partial_checkpoints(args.output_dir)
         control = TrainerControl()
         reporters = reporters if accelerator.is_main_process else []
         for reporter in reporters:
@@ -383,16 +392,16 @@ class Trainer:
         step = state.global_step
         log_due = _due(args.logging_strategy, args.logging_steps, step, end_of_epoch) and state.logging_loss_steps
         eval_due = _due(args.eval_strategy, args.eval_steps, step, end_of_epoch) and self.task.eval_dataset is not None
-        save_due = _due(args.save_strategy, args.save_steps, step, end_of_epoch) and self.accelerator.is_main_process
+        save_due = _due(args.save_strategy, args.save_steps, step, end_of_epoch)  # every process: its RNG is saved
         if not (log_due or eval_due or save_due):
             return
         # .item() is a device sync: only at the steps that log, evaluate or save. A NaN or inf loss since the last
         # log line stops the run here, before its weights are evaluated or saved
-        window_sum = _finite_window_sum(run)
+        window_sum = _finite_window_sum(run, self._mean_over_processes(run.window_loss))
         if log_due:
             self._log(run, window_sum)
         metrics = self._evaluate_and_track(run, ignore_keys) if eval_due else None
-        saved = self._save(run) if save_due else None
+        saved = self._save(run, 0.0 if log_due else window_sum) if save_due else None
         if metrics is not None:
             for reporter in run.reporters:
                 reporter.on_evaluate(metrics, state, run.control, saved)
@@ -433,12 +442,22 @@ class Trainer:
             run.scheduler.step(metrics[run.args.objective_metric])
         return metrics
 
-    def _save(self, run: _Run) -> Path:
-        """A checkpoint of this step (the best's path recorded in it), then rotation, which keeps the best."""
+    def _save(self, run: _Run, window_sum: float) -> Path | None:
+        """A checkpoint of this step (the best's path recorded in it), then rotation, which keeps the best.
+
+        `window_sum` is the loss summed since the last log line (the mean over processes). Several processes: the
+        main one writes the checkpoint, with every process's RNG states; the others return None."""
         args, state = run.args, run.state
-        state.logging_loss_sum = run.window_loss.item()
+        state.logging_loss_sum = window_sum
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(ckpt.checkpoint_path(args.output_dir, state.global_step))
+        rng_states = None
+        if self._distributed:
+            from accelerate.utils import gather_object
+
+            rng_states = gather_object([ckpt.rng_state()])  # by process index
+        if not self.accelerator.is_main_process:
+            return None
         saved = ckpt.save_checkpoint(
             args.output_dir,
             model=self.accelerator.unwrap_model(run.model),
@@ -448,6 +467,7 @@ class Trainer:
             state=state,
             params=self.params,
             args=args.to_dict(),
+            rng_states=rng_states,
         )
         ckpt.rotate_checkpoints(args.output_dir, limit=args.save_total_limit, keep=state.best_model_checkpoint)
         return saved
@@ -456,9 +476,10 @@ class Trainer:
         """The best model back (load_best_model_at_end), the final metrics to the reporters; this call's output."""
         state = run.state
         if run.args.load_best_model_at_end and state.best_model_checkpoint:
+            self.accelerator.wait_for_everyone()  # the main process may still be writing it
             ckpt.load_weights(self.accelerator.unwrap_model(run.model), state.best_model_checkpoint)
             logger.info("loaded the best model from %s", state.best_model_checkpoint)
-        training_loss = _training_loss(run)
+        training_loss = _training_loss(run, self._mean_over_processes(run.window_loss))
         metrics = self._final_metrics(run, training_loss)
         for reporter in run.reporters:
             reporter.on_train_end(metrics, state)
@@ -470,7 +491,7 @@ class Trainer:
         """train_* of this call's work, the epoch, the last evaluation's eval_*, the best, why the run stopped."""
         state = run.state
         steps_done = state.global_step - run.start_step
-        samples_seen = run.samples_seen
+        samples_seen = run.samples_seen * state.num_processes  # each process saw its share of every global batch
         runtime = time.perf_counter() - run.start_time
         metrics = {
             "train_runtime": round(runtime, 4),
@@ -478,6 +499,7 @@ class Trainer:
             "train_samples_per_second": round(samples_seen / runtime, 3) if runtime else 0.0,
             "train_steps_per_second": round(steps_done / runtime, 3) if runtime else 0.0,
             "epoch": state.epoch,
+            "num_processes": state.num_processes,
         }
         if steps_done:  # none when a resumed run's budget was already spent: no loss to report (not NaN)
             metrics["train_loss"] = training_loss
@@ -536,6 +558,8 @@ class Trainer:
             num_workers=self.run_args.dataloader_num_workers,
             generator=torch.Generator().manual_seed(0),  # not the global RNG: evaluating must not shift training
         )
+        if self._distributed:  # each process scores its share; the sums and what is kept are gathered at the end
+            loader = self._shard(loader, even_batches=False)
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
         count = scored = 0
@@ -557,6 +581,8 @@ class Trainer:
                     gathered.add(preprocess(logits, labels) if preprocess is not None else logits, labels)
         if was_training:
             model.train()
+        if self._distributed:
+            loss_sum, count, scored, gathered = self._from_every_process(loss_sum, count, scored, gathered, gather)
         metrics = {f"{prefix}_loss": loss_sum.item() / scored} if scored else {}
         predictions, labels = gathered.result()
         if self.task.compute_metrics is not None and labels is not None:
@@ -623,7 +649,11 @@ class Trainer:
             AcceleratorState._reset_state()
         from accelerate.utils import DistributedType
 
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=args.use_cpu)
+        # several processes on a machine without a GPU (a launcher's WORLD_SIZE): accelerate takes them as
+        # data-parallel CPU processes (gloo) only when told the run is on the CPU
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cpu = args.use_cpu or (several and not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
         self._on_cpu = self.accelerator.device.type == "cpu"
         self._distributed = self.accelerator.num_processes > 1
         # accelerator.backward divides by its own accumulation count and scales fp16 losses; with neither it is
@@ -692,7 +722,61 @@ class Trainer:
         )
         if len(loader) == 0:
             raise ConfigError(f"task {self.task.name!r} has an empty train_dataset")
+        if self._distributed:
+            loader = self._shard(loader)
         return loader, generator
+
+    def _shard(self, loader: DataLoader, *, even_batches: bool = True) -> DataLoader:
+        """accelerate's prepared loader for this process: of every N consecutive batches the sampler makes (a global
+        batch), the process's own, so N processes step on the batches one process would with an N-times larger one
+        (training: the last is completed from the start of the epoch, as accelerate does; an evaluation's is left
+        short, so that no example counts twice). The sampler is this loader's: every process reseeds its generator
+        alike each epoch, so nothing is broadcast."""
+        from accelerate.data_loader import prepare_data_loader
+
+        accelerator = self.accelerator
+        return prepare_data_loader(
+            loader,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            put_on_device=False,  # the loop moves batches itself
+            even_batches=even_batches,
+        )
+
+    def _from_every_process(
+        self, loss_sum: torch.Tensor, count: int, scored: int, gathered: Gathered, gather: bool
+    ) -> tuple[torch.Tensor, int, int, Gathered]:
+        """An evaluation's sums over every process's share, and (`gather`) what each kept, in the dataset's order."""
+        from accelerate.utils import gather_object
+
+        totals = torch.stack([loss_sum, loss_sum.new_tensor(count), loss_sum.new_tensor(scored)])
+        loss_sum, count, scored = self.accelerator.reduce(totals, reduction="sum")
+        if gather:  # every process, even one whose share was empty: a collective
+            gathered = Gathered.interleaved(gather_object([gathered]))
+        return loss_sum, int(count.item()), int(scored.item()), gathered
+
+    def _mean_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """`value`'s mean over the processes of a data-parallel run (a collective); `value` itself in one process."""
+        if not self._distributed:
+            return value
+        return self.accelerator.reduce(value, reduction="mean")
+
+    def _main_decides(self, choose: Any) -> Any:
+        """`choose()` in the main process, its result (or the error it raised) in every process."""
+        if not self._distributed:
+            return choose()
+        from accelerate.utils import broadcast_object_list
+
+        outcome: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                outcome[0] = choose()
+            except Exception as exc:  # raised in every process, not only here (the others would wait for ever)
+                outcome[0] = exc
+        broadcast_object_list(outcome, from_process=0)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
 
     def _resume(
         self,
@@ -713,7 +797,12 @@ class Trainer:
             logger.warning("resuming with params that differ from the checkpoint's (%s): this run's win", changed)
         ckpt.load_weights(self.accelerator.unwrap_model(model), path)
         ckpt.load_training_state(
-            path, optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=self.accelerator.device
+            path,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            device=self.accelerator.device,
+            process_index=self.accelerator.process_index,
         )
         if saved.train_batch_size != fresh.train_batch_size or saved.steps_per_epoch != fresh.steps_per_epoch:
             logger.warning(
@@ -721,9 +810,15 @@ class Trainer:
                 fresh.train_batch_size,
                 saved.train_batch_size,
             )
+        if saved.num_processes != fresh.num_processes:
+            logger.warning(
+                "resuming on %d process(es) (checkpoint: %d): the global batches, and so the run, differ from the "
+                "original run's", fresh.num_processes, saved.num_processes,
+            )  # fmt: skip
         saved.max_steps = fresh.max_steps
         saved.steps_per_epoch = fresh.steps_per_epoch
         saved.train_batch_size = fresh.train_batch_size
+        saved.num_processes = fresh.num_processes
         logger.info("resuming from %s at step %d", path, saved.global_step)
         return saved
 
@@ -883,6 +978,8 @@ def _call_model(model: torch.nn.Module, inputs: Any, labels: torch.Tensor | None
 
 
 def _accepts_labels(model: torch.nn.Module) -> bool:
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):  # its forward takes anything: the model's counts
+        model = model.module
     cls = type(model)
     if cls not in _ACCEPTS_LABELS:
         parameters = inspect.signature(model.forward).parameters
@@ -961,9 +1058,10 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _finite_window_sum(run: _Run) -> float:
-    """The loss summed since the last log line (a device sync); NonFiniteLossError when it is NaN or inf."""
-    window_sum = run.window_loss.item()
+def _finite_window_sum(run: _Run, window_loss: torch.Tensor) -> float:
+    """The loss summed since the last log line (`window_loss`: the run's, or its mean over the processes), a device
+    sync; NonFiniteLossError when it is NaN or inf."""
+    window_sum = window_loss.item()
     step = run.state.global_step
     if not math.isfinite(window_sum):
         first = run.loss_finite_through + 1
@@ -990,10 +1088,11 @@ def _warn_of_strategies_that_never_fire(args: TrainingArguments, max_steps: int)
         logger.warning("load_best_model_at_end is set, but no evaluation comes: no best model can be chosen")
 
 
-def _training_loss(run: _Run) -> float:
-    """The mean loss of this call's steps (NaN when it did none); NonFiniteLossError when it is NaN or inf."""
+def _training_loss(run: _Run, window_loss: torch.Tensor) -> float:
+    """The mean loss of this call's steps (NaN when it did none), from the logged sums and the window since the last
+    log line (`window_loss`: the run's, or its mean over the processes); NonFiniteLossError when it is NaN or inf."""
     steps_done = run.state.global_step - run.start_step
-    training_loss = run.counters.total(run.window_loss) / steps_done if steps_done else float("nan")
+    training_loss = run.counters.total(window_loss) / steps_done if steps_done else float("nan")
     if steps_done and not math.isfinite(training_loss):
         raise NonFiniteLossError(f"the training loss became {training_loss} in this run's last steps")
     return training_loss

@@ -59,6 +59,19 @@ class Gathered:
         if labels is not None:
             self.labels.append(_to_cpu(labels))
 
+    @classmethod
+    def interleaved(cls, parts: list[Gathered]) -> Gathered:
+        """The batches of data-parallel processes' evaluations (process k scored batches k, k + N, ...) back in the
+        dataset's order."""
+        merged = cls()
+        for index in range(max(len(part.predictions) for part in parts)):
+            for part in parts:
+                if index < len(part.predictions):
+                    merged.predictions.append(part.predictions[index])
+                    if index < len(part.labels):
+                        merged.labels.append(part.labels[index])
+        return merged
+
     def result(self) -> tuple[Any, Any]:
         predictions = _concat(self.predictions) if self.predictions else None
         labels = _concat(self.labels) if self.labels else None

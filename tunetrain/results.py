@@ -61,6 +61,7 @@ class TrialRecord:
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
+    num_processes: int = 1  # the data-parallel world size the trial trained with
     _experiment_dir: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -197,6 +198,7 @@ class ResultsBook:
         )
         record.evaluations = evaluation
         record.last_metric = value
+        record.num_processes = int(metrics.get("num_processes") or record.num_processes)
         if _finite(value) and (record.best_metric is None or self._better(value, record.best_metric)):
             record.best_metric = value
             record.best_step = int(metrics.get("step", 0))
@@ -387,6 +389,7 @@ def _schemas() -> tuple[Any, Any]:
             ("error", pa.string()),
             ("started_at", pa.float64()),
             ("ended_at", pa.float64()),
+            ("num_processes", pa.int64()),
         ]
     )
     history = pa.schema(
@@ -414,6 +417,7 @@ def _row_record(row: dict[str, Any], location: str) -> TrialRecord:
     """A record as the files keep it, read back in the experiment dir at `location` (see `_location`)."""
     row = dict(row)
     row["params"] = json.loads(row["params"] or "{}")
+    row["num_processes"] = row.get("num_processes") or 1  # results written before it was recorded
     row["best_checkpoint"] = _resolved_checkpoint(row.get("best_checkpoint"), location)
     return TrialRecord(**row)
 

@@ -11,7 +11,7 @@ search:
   sampler: tpe                 # tpe | random | gp | cmaes (needs `pip install cmaes`) | grid
   seed: 0
   scheduler: {type: asha, grace_period: 1, reduction_factor: 3}    # or `asha`, or `none`; in evaluations
-  resources_per_trial: {cpu: 1, gpu: 0.25}
+  resources_per_trial: {cpu: 1, gpu: 0.25}    # per worker; workers: 2 trains each trial on 2 processes
   storage: runs                # a local or shared directory, or a pyarrow.fs URI such as s3://bucket/runs
   address: auto                # a Ray cluster: auto | host:port; null: a local Ray
   points_to_evaluate: [{learning_rate: 1.0e-3, optim: adamw}]    # known-good params, run first
@@ -106,13 +106,17 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Resources:
-    """What one trial reserves on a Ray node: `cpu` (> 0, default 1) and `gpu` (>= 0, default 0).
+    """What one trial reserves on Ray: `workers` processes (>= 1, default 1), each with `cpu` (> 0, default 1) and
+    `gpu` (>= 0, default 0).
 
-    A gpu below 1 shares a GPU between trials (0.25: four per GPU); above 1 it must be a whole number.
+    A gpu below 1 shares a GPU between trials (0.25: four per GPU); above 1 it must be a whole number. With
+    `workers` > 1 the trial trains data-parallel on Ray Train (a worker per process, which may be on several nodes),
+    each worker on a GPU of its own when there are GPUs (NCCL runs one process per GPU).
     """
 
     cpu: float = 1
     gpu: float = 0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -122,7 +126,7 @@ class Resources:
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": self.cpu, "gpu": self.gpu, "workers": self.workers}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +229,7 @@ class SearchConfig:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SearchConfig))
 _SCHEDULER_FIELDS = tuple(f.name for f in dataclasses.fields(SchedulerConfig))
-_RESOURCE_FIELDS = ("cpu", "gpu")
+_RESOURCE_FIELDS = ("cpu", "gpu", "workers")
 
 
 def with_cli_overrides(
@@ -307,11 +311,17 @@ def _scheduler_values(raw: Mapping[str, Any], path: str, problems: list[str]) ->
 def _resources_values(raw: Mapping[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
     cpu = _number(raw.get("cpu", 1), f"{path}.cpu", problems, minimum=0, exclusive=True)
     gpu = _number(raw.get("gpu", 0), f"{path}.gpu", problems, minimum=0)
+    workers = _integer(raw.get("workers", 1), f"{path}.workers", problems, minimum=1)
     if gpu is not _INVALID and gpu > 1 and not float(gpu).is_integer():
         problems.append(
             f"`{path}.gpu` is {gpu}, but must be a fraction in (0, 1] (trials share a GPU) or a whole number"
         )
-    return {"cpu": cpu, "gpu": gpu}
+    elif workers is not _INVALID and workers > 1 and gpu is not _INVALID and 0 < gpu < 1:
+        problems.append(
+            f"`{path}.gpu` is {gpu}, but with workers: {workers} each worker needs a GPU of its own (NCCL cannot run "
+            "two processes of a trial on one GPU): use gpu: 1, or workers: 1 to share GPUs between trials"
+        )
+    return {"cpu": cpu, "gpu": gpu, "workers": workers}
 
 
 def _scheduler(value: Any, path: str, problems: list[str]) -> Any:
@@ -496,6 +506,12 @@ def _conflicts(settings: Mapping[str, Any], space: SearchSpace, where: str) -> l
         )
     if valid.get("address") is not None and valid.get("backend") == "optuna":
         problems.append(f"`{where}.address` names a Ray cluster, but the backend is optuna (in-process): drop one")
+    resources = valid.get("resources_per_trial")
+    if resources is not None and resources.workers > 1 and valid.get("backend") == "optuna":
+        problems.append(
+            f"`{where}.resources_per_trial.workers` is {resources.workers}, but the optuna backend trains each trial "
+            "in this process: use backend: ray (Ray Train runs the workers), or workers: 1"
+        )
     return problems
 
 

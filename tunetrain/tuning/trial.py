@@ -44,7 +44,12 @@ def trial_arguments(
 def evaluation_report(metrics: dict[str, Any], state: TrainerState) -> dict[str, Any]:
     """What a search records of one evaluation: its numeric metrics, and where in the run it happened."""
     report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    report.update(evaluation=state.num_evaluations, step=state.global_step, epoch=state.epoch)
+    report.update(
+        evaluation=state.num_evaluations,
+        step=state.global_step,
+        epoch=state.epoch,
+        num_processes=state.num_processes,
+    )
     return report
 
 
@@ -60,17 +65,19 @@ def evaluation_budget(args: TrainingArguments, steps_per_epoch: int | None) -> i
     return max(1, max_steps // args.eval_steps)
 
 
-def steps_per_epoch(experiment: Experiment) -> int:
-    """Optimizer steps in one epoch of the experiment's task (loads the task in this process)."""
+def steps_per_epoch(experiment: Experiment, num_processes: int = 1) -> int:
+    """Optimizer steps in one epoch of the experiment's task on `num_processes` data-parallel processes (a global
+    batch: per-device batch x processes; loads the task in this process)."""
     args = experiment.train
-    batches = math.ceil(len(load_task(experiment.task).train_dataset) / args.per_device_train_batch_size)
+    global_batch = args.per_device_train_batch_size * num_processes
+    batches = math.ceil(len(load_task(experiment.task).train_dataset) / global_batch)
     return math.ceil(batches / args.gradient_accumulation_steps)
 
 
-def budget_for(experiment: Experiment) -> int:
+def budget_for(experiment: Experiment, num_processes: int = 1) -> int:
     args = experiment.train
     needs_data = not (args.eval_strategy == "epoch" and args.max_steps <= 0)
-    return evaluation_budget(args, steps_per_epoch(experiment) if needs_data else None)
+    return evaluation_budget(args, steps_per_epoch(experiment, num_processes) if needs_data else None)
 
 
 def max_t_for(experiment: Experiment, config: SearchConfig) -> int | None:
@@ -79,4 +86,5 @@ def max_t_for(experiment: Experiment, config: SearchConfig) -> int | None:
     scheduler = config.scheduler
     if not SCHEDULERS[scheduler.type].uses_max_t:
         return None
-    return scheduler.resolved_max_t(budget_for(experiment) if scheduler.max_t is None else 0)
+    workers = config.resources_per_trial.workers if config.backend == "ray" else 1
+    return scheduler.resolved_max_t(budget_for(experiment, workers) if scheduler.max_t is None else 0)

@@ -29,6 +29,7 @@ from tunetrain.results import ResultsBook, read_results
 from tunetrain.tuning.backend import Backend
 from tunetrain.tuning.components import make_ray_scheduler, make_sampler
 from tunetrain.tuning.ray import cluster, state
+from tunetrain.tuning.ray.data_parallel import COORDINATOR_MEMORY, data_parallel_trainable
 from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
 from tunetrain.tuning.ray.protocol import OBJECTIVE
 from tunetrain.tuning.ray.sealed_fs import sealed_view
@@ -157,7 +158,13 @@ class RayBackend(Backend):
         spec = TrialSpec(
             experiment=self.experiment, config=self.config, exp_path=self.exp_dir.path, local=self.exp_dir.is_local
         )
-        resources = {"cpu": self.config.resources_per_trial.cpu, "gpu": self.config.resources_per_trial.gpu}
+        per_trial = self.config.resources_per_trial
+        resources = {"cpu": per_trial.cpu, "gpu": per_trial.gpu}
+        if per_trial.workers > 1:
+            # a coordinator: its Ray Train workers reserve the trial's CPUs and GPUs; it reserves a token of memory
+            # (Tune takes no empty request, and a share of a CPU would leave a whole one short for the workers)
+            coordinator = {"cpu": 0, "gpu": 0, "memory": COORDINATOR_MEMORY}
+            return tune.with_resources(data_parallel_trainable(spec), coordinator)
         return tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
 
     def _tune_config(self, search_state: SearchState) -> tune.TuneConfig:
@@ -175,11 +182,26 @@ class RayBackend(Backend):
             search_alg=searcher,
             scheduler=make_ray_scheduler(config, max_t=self.max_t, search_state=search_state),
             num_samples=self.num_samples(),
-            max_concurrent_trials=config.max_concurrent_trials,
+            max_concurrent_trials=self._concurrency(),
             time_budget_s=config.time_budget_s,
-            reuse_actors=True,
+            # a data-parallel trial's actor owns its TorchTrainer: ended with the trial, so that its workers end too
+            reuse_actors=config.resources_per_trial.workers == 1,
             trial_dirname_creator=trial_dirname,
         )
+
+    def _concurrency(self) -> int:
+        """max_concurrent_trials, but no more data-parallel trials than the cluster holds at once: Tune cannot see
+        their workers' resources, and a TorchTrainer waiting for workers gives up after a minute (the trial errors)."""
+        wanted, per_trial = self.config.max_concurrent_trials, self.config.resources_per_trial
+        if per_trial.workers == 1:
+            return wanted
+        fits = max(1, cluster.worker_slots(per_trial.cpu, per_trial.gpu) // per_trial.workers)
+        if fits < wanted:
+            logger.warning(
+                "search.max_concurrent_trials is %d, but the Ray cluster holds %d trial(s) of %d workers at once: "
+                "%d run at a time", wanted, fits, per_trial.workers, fits,
+            )  # fmt: skip
+        return min(wanted, fits)
 
     def _run_config(self, search_state: SearchState) -> tune.RunConfig:
         path, filesystem = state.location(self.exp_dir)

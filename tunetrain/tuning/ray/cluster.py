@@ -35,9 +35,7 @@ def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
 
     Called before anything of the experiment is written or deleted, so bad input loses nothing.
     """
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    started_here = _init_ray(config)
+    started_here = start(config)
     try:
         _check_resources(config)
         if cluster_address(config):
@@ -49,12 +47,15 @@ def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
     return started_here
 
 
-def _init_ray(config: SearchConfig) -> bool:
-    """Connect to `address`, or start a local Ray on 127.0.0.1; False when Ray was already up in this process."""
+def start(config: SearchConfig, *, named: str = "`search.address`") -> bool:
+    """Connect to `address` (what the user `named` it: the file's key, or a flag), or start a local Ray on
+    127.0.0.1; False when Ray was already up in this process."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
     with _sigterm_handler_kept():
-        return _start_or_join(config)
+        return _start_or_join(config, named)
 
 
 @contextlib.contextmanager
@@ -70,11 +71,11 @@ def _sigterm_handler_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _start_or_join(config: SearchConfig) -> bool:
+def _start_or_join(config: SearchConfig, named: str) -> bool:
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     address = cluster_address(config)
     if address:
-        where = f"{'`search.address`' if config.address else 'RAY_ADDRESS'} is {address!r}"
+        where = f"{named if config.address else 'RAY_ADDRESS'} is {address!r}"
         _probe_address(address, where)
         try:
             ray.init(address=address, **common)
@@ -140,17 +141,36 @@ def _probe_address(address: str, where: str) -> None:
 
 
 def _check_resources(config: SearchConfig) -> None:
-    """Fail now, not after waiting forever, when no node can ever hold one trial."""
+    """Fail now, not after waiting forever, when the cluster can never hold one trial (its workers may be spread
+    over several nodes, as Ray Train places them)."""
+    per_trial = config.resources_per_trial
+    check_workers_fit(per_trial.workers, per_trial.cpu, per_trial.gpu, "`search.resources_per_trial` asks for")
 
-    cpu, gpu = config.resources_per_trial.cpu, config.resources_per_trial.gpu
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+
+def check_workers_fit(workers: int, cpu: float, gpu: float, asked: str) -> None:
+    """A ConfigError (starting with `asked`) unless the live nodes together can hold `workers` processes of `cpu`
+    CPUs and `gpu` GPUs each."""
+    if worker_slots(cpu, gpu) >= workers:
         return
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     have = ", ".join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes) or "no live node"
-    raise ConfigError(
-        f"`search.resources_per_trial` asks for {cpu:g} CPU + {gpu:g} GPU per trial, but no node of the Ray "
-        f"cluster has that much ({have})"
-    )
+    each = f"{cpu:g} CPU + {gpu:g} GPU"
+    what = f"{workers} workers of {each} each" if workers > 1 else f"{each} per trial"
+    where = "no node of the Ray cluster has that much" if workers == 1 else "the Ray cluster's nodes hold fewer"
+    raise ConfigError(f"{asked} {what}, but {where} ({have})")
+
+
+def worker_slots(cpu: float, gpu: float) -> int:
+    """How many processes of `cpu` CPUs and `gpu` GPUs the live nodes hold together."""
+    return sum(_how_many(node["Resources"], cpu, gpu) for node in ray.nodes() if node.get("Alive"))
+
+
+def _how_many(node: dict[str, float], cpu: float, gpu: float) -> int:
+    """How many processes of `cpu` CPUs and `gpu` GPUs a node holds."""
+    count = int(node.get("CPU", 0) // cpu) if cpu else 1 << 30
+    if gpu:
+        count = min(count, int(node.get("GPU", 0) // gpu))
+    return count
 
 
 def _check_storage_on_every_node(exp_dir: ExperimentDir) -> None:

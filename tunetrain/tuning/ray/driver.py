@@ -317,7 +317,7 @@ class Bookkeeper(tune.Callback):
 
     def _recorded(self, values: dict[str, Any]) -> dict[str, Any]:
         """What the results keep of one evaluation's values."""
-        kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch")}
+        kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch", "num_processes")}
         kept.update({k: v for k, v in values.items() if k.startswith("eval_")})
         return kept
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,38 +51,64 @@ def cached_task(task_path: str) -> Task:
 
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
-    """One trial: `Trainer.train` with the sampled params, resumed from its latest checkpoint when it has one."""
+    """One trial: `Trainer.train` with the sampled params, resumed from its latest checkpoint when it has one (a
+    trial of several processes: `data_parallel.run_data_parallel_trial`)."""
+    store = TrialStore(spec, tune.get_context().get_trial_id())
+    try:
+        if store.ended():
+            return  # it ended before the driver was killed, after Ray's last snapshot: nothing to train or report
+        train_trial(params, spec, store, resume=store.latest(), send=send_to_tune)
+    finally:
+        store.close()
+
+
+def train_trial(
+    params: dict[str, Any], spec: TrialSpec, store: TrialStore, *, resume: str | None, send: Sender | None
+) -> None:
+    """`Trainer.train` of a trial in this process (one of several, in a data-parallel trial), its evaluations sent
+    as reports (`send`: the main process's; None on the others)."""
     import torch
 
     from tunetrain.loop import Trainer
 
     torch.set_num_threads(max(1, int(spec.config.resources_per_trial.cpu)))
-    trial_id = tune.get_context().get_trial_id()
-    store = TrialStore(spec, trial_id)
-    if store.ended():
-        return  # it ended before the driver was killed, after Ray's last snapshot: nothing to train or report
     experiment = spec.experiment
     exp_dir = ExperimentDir(store.filesystem, spec.exp_path, spec.exp_path)
-    logging_dir = exp_dir.tensorboard_path(trial_id) if spec.local else None
+    logging_dir = exp_dir.tensorboard_path(store.trial_id) if spec.local else None
+    args = trial_arguments(
+        experiment,
+        spec.config,
+        store.output_dir,
+        logging_dir=logging_dir,
+        save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
+    )
+    reporter = TuneReporter(spec.config.metric, store, send) if send is not None else None
+    reporters = [reporter] if reporter is not None else []
+    trainer = Trainer(cached_task(experiment.task), args, experiment.space, reporters=reporters, console=False)
     try:
-        args = trial_arguments(
-            experiment,
-            spec.config,
-            store.output_dir,
-            logging_dir=logging_dir,
-            save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
-        )
-        reporter = TuneReporter(spec.config.metric, store)
-        trainer = Trainer(cached_task(experiment.task), args, experiment.space, reporters=[reporter], console=False)
-        try:
-            trainer.train(trial=params, resume_from_checkpoint=store.latest())
+        trainer.train(trial=params, resume_from_checkpoint=resume)
+        if reporter is not None:
             reporter.report_if_silent(trainer.state)
-        except NonFiniteLossError as exc:
-            # not raised to Ray, which would retry it: from its last checkpoint the trial would diverge again. It
-            # ends with a report that says why; the driver marks it errored and Optuna is told FAIL
+    except NonFiniteLossError as exc:
+        # not raised to Ray, which would retry it: from its last checkpoint the trial would diverge again. It
+        # ends with a report that says why; the driver marks it errored and Optuna is told FAIL. Every process of a
+        # data-parallel trial sees the same (mean) loss, and so stops alike
+        if reporter is not None:
             reporter.report_error(trainer.state, f"{type(exc).__name__}: {exc}")
-    finally:
-        store.close()
+
+
+# a report to Tune: (the report, the trial dir a token checkpoint names, or None for a report without one)
+Sender = Callable[[dict[str, Any], "str | None"], None]
+
+
+def send_to_tune(report: dict[str, Any], token_for: str | None) -> None:
+    """One `tune.report`, with a token checkpoint naming `token_for` (a trial dir) when given (see TuneReporter)."""
+    if token_for is None:
+        tune.report(report)
+        return
+    with tempfile.TemporaryDirectory(prefix="tunetrain-token-") as token:
+        (Path(token) / TOKEN_NAME).write_text(json.dumps({"trial_dir": token_for}))
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
 
 
 class TrialStore:
@@ -94,6 +121,7 @@ class TrialStore:
     """
 
     def __init__(self, spec: TrialSpec, trial_id: str) -> None:
+        self.trial_id = trial_id
         self.local = spec.local
         self.filesystem = resolve_storage(spec.config.storage)[0]
         self.path = ExperimentDir(self.filesystem, spec.exp_path, spec.exp_path).trial_path(trial_id)
@@ -141,6 +169,14 @@ class TrialStore:
             storage.delete_dir(copied[name])
         return str(latest) if latest else None
 
+    def fetch(self, checkpoint: str) -> str:
+        """This process's own copy of one of the trial's checkpoints (named as another process's copy, or the
+        storage's) from the remote storage: a data-parallel trial's workers on other nodes resume from it."""
+        name = Path(checkpoint).name
+        local = Path(self.output_dir) / name
+        copy_down(self.filesystem, f"{self.path}/{name}", local)
+        return str(local)
+
     def persist(self, checkpoint: Path) -> None:
         """Copy a checkpoint the loop has just saved (and rotated) up to remote storage; a no-op on a local one."""
         if self.local:
@@ -174,9 +210,10 @@ class TuneReporter(Reporter):
     and shows there as about to end at its last.
     """
 
-    def __init__(self, metric: str, store: TrialStore) -> None:
+    def __init__(self, metric: str, store: TrialStore, send: Sender = send_to_tune) -> None:
         self.metric = metric
         self.store = store
+        self.send = send
         self.reports = 0
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
@@ -198,12 +235,8 @@ class TuneReporter(Reporter):
         objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
         report = {OBJECTIVE: objective, EVALUATION: state.num_evaluations, METRICS: json.dumps(values, default=str)}
         self.reports += 1
-        if self.reports > 1 and state.global_step < state.max_steps and not control.should_stop:
-            tune.report(report)
-            return
-        with tempfile.TemporaryDirectory(prefix="tunetrain-token-") as token:
-            (Path(token) / TOKEN_NAME).write_text(json.dumps({"trial_dir": self.store.path}))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(token))
+        last = state.global_step >= state.max_steps or control.should_stop
+        self.send(report, self.store.path if self.reports == 1 or last else None)
 
     def report_if_silent(self, state: Any) -> None:
         """A run resumed from the checkpoint of its last evaluation trains and evaluates nothing: it reports that
@@ -218,4 +251,4 @@ class TuneReporter(Reporter):
         """The trial's last report: why it ended (its evaluations so far stand, but it is not ranked)."""
         best = state.best_metric if state is not None and state.best_metric is not None else float("nan")
         evaluations = state.num_evaluations if state is not None else 0
-        tune.report({OBJECTIVE: best, EVALUATION: evaluations, METRICS: json.dumps({"error": message})})
+        self.send({OBJECTIVE: best, EVALUATION: evaluations, METRICS: json.dumps({"error": message})}, None)
