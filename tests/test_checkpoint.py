@@ -256,3 +256,29 @@ def test_a_pickle_planted_in_a_checkpoint_is_refused_and_never_runs(tmp_path, na
     refused = "holds objects other than tensors" if how == "torch.save" else "is damaged: not the zip archive"
     for err in (checked, loaded):
         assert f"'{path / name}' {refused}" in str(err.value)
+
+
+def test_each_process_of_a_data_parallel_run_resumes_its_own_rng_states(tmp_path):
+    torch.manual_seed(1)
+    first = ckpt.rng_state()
+    torch.manual_seed(2)
+    second = ckpt.rng_state()
+    model, optimizer, scheduler = _parts()
+    path = ckpt.save_checkpoint(
+        tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None,
+        state=ckpt.TrainerState(global_step=1, num_processes=2), params={}, args={}, rng_states=[first, second],
+    )  # fmt: skip
+    assert (path / ckpt.rng_state_name(1)).name == "rng_state_1.pt"
+    for index, expected in enumerate((first, second)):
+        torch.manual_seed(99)
+        ckpt.load_training_state(
+            path, optimizer=optimizer, scheduler=scheduler, scaler=None, device=torch.device("cpu"),
+            process_index=index,
+        )  # fmt: skip
+        assert torch.equal(torch.get_rng_state(), expected["torch"])
+    # a process the checkpoint has no states of (it was saved by fewer processes) takes the main process's
+    torch.manual_seed(99)
+    ckpt.load_training_state(
+        path, optimizer=optimizer, scheduler=scheduler, scaler=None, device=torch.device("cpu:0"), process_index=2
+    )
+    assert torch.equal(torch.get_rng_state(), first["torch"])

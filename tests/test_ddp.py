@@ -81,10 +81,15 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights_bitwise(tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_user_error_in_the_processes_is_one_line(tmp_path):
-    args = {**ARGS, "output_dir": str(tmp_path / "bad"), "metric_for_best_model": "nope"}
-    with pytest.raises(ConfigError, match="`metric_for_best_model` is 'nope'"):
-        launch(ddp_runs.fit, (args, {}), nproc=2, threads=1)
+def test_processes_stop_together_and_evaluate_a_model_with_buffers_where_one_has_no_share(tmp_path):
+    # the main process's reporter stops the run at step 7 (not a log step: logs every 4): every process stops at
+    # the next log step, together. One batch of 60 evaluation examples: the second process scores none, and the
+    # model's BatchNorm buffers, which DDP broadcasts in its forward, must not make it wait for the first
+    args = {**ARGS, "output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 8, "logging_steps": 4,
+            "eval_strategy": "steps", "eval_steps": 4, "per_device_eval_batch_size": 60}  # fmt: skip
+    run = launch(ddp_runs.fit, (args, {"batchnorm": True}, False, None, 7), nproc=2, threads=1)
+    assert run["global_step"] == 8 and run["metrics"]["stopped"] == "asked"
+    assert run["predictions"].shape == (60, 4)
 
 
 def test_nproc_must_be_a_whole_number():

@@ -22,8 +22,9 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
 def model_init(params: dict[str, Any]) -> torch.nn.Module:
     hidden = int(params.get("hidden", 16))
     dropout = float(params.get("dropout", 0.1))
+    norm = [torch.nn.BatchNorm1d(hidden)] if params.get("batchnorm") else []  # buffers, which DDP broadcasts
     model = torch.nn.Sequential(
-        torch.nn.Linear(12, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 4)
+        torch.nn.Linear(12, hidden), *norm, torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 4)
     )
     if params.get("diverge_after"):
         return Diverging(model, int(params["diverge_after"]), float(params.get("diverge_to", "nan")))

@@ -187,10 +187,14 @@ def _train(cli: argparse.Namespace) -> int:
     threads = _use_exported_threads(cli.experiment)
     output_dir = cli.output_dir or default_output
     args = experiment.training_arguments(**({"output_dir": output_dir} if output_dir else {}))
+    resume = cli.resume
+    if cli.address:  # Ray Train's workers run in a directory of their own: every path absolute
+        args = args.replace(output_dir=os.path.abspath(args.output_dir))
+        resume = os.path.abspath(resume) if isinstance(resume, str) else resume
     _check_output_dir(args.output_dir, resume=cli.resume is not None, overwrite=cli.overwrite_output_dir)
-    fit = FinalFit(experiment, params, args, resume=cli.resume, full_data=cli.full_data)
+    fit = FinalFit(experiment, params, args, resume=resume, full_data=cli.full_data)
     if cli.address:
-        shown = _fit_on_ray(cli, fit)
+        shown = _fit_on_ray(cli, fit, threads)
     elif cli.nproc > 1:
         from tunetrain.launch import check_devices, launch
 
@@ -256,7 +260,7 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit) -> dict[str, Any]:
+def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit, threads: int | None) -> dict[str, Any]:
     """The final fit on a Ray cluster's workers (Ray Train); what the main worker's `final_fit` returned."""
     from tunetrain.tuning.config import Resources, SearchConfig
     from tunetrain.tuning.ray import cluster
@@ -271,7 +275,7 @@ def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit) -> dict[str, Any]:
         shown: list[dict[str, Any]] = []
         run_on_workers(
             _final_fit_worker,
-            {"fit": fit, "threads": max(1, int(resources.cpu))},
+            {"fit": fit, "threads": threads or max(1, int(resources.cpu))},
             workers=workers,
             cpu=resources.cpu,
             gpu=resources.gpu,

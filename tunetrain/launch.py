@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,8 @@ def _process(fn: Callable[..., Any], args: tuple[Any, ...], errors_dir: str, thr
     torch.set_num_threads(threads)
     try:
         return fn(*args)
+    except KeyboardInterrupt:
+        raise
     except TunetrainError as exc:
         error = {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
         rank = os.environ.get("RANK", "0")
@@ -106,6 +109,11 @@ def _process(fn: Callable[..., Any], args: tuple[Any, ...], errors_dir: str, thr
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exc.exit_code)
+    except BaseException:
+        # the launcher keeps a process's traceback in a file of its own: printed here, where the user sees it
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
 
 
 def _error_of(errors_dir: str, failed: Any) -> TunetrainError:

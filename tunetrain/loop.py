@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -84,6 +84,8 @@ class _Run:
     window_loss: torch.Tensor
     samples_seen: int = 0
     grad_norm: torch.Tensor | None = None  # of the last optimizer step; None when max_grad_norm is 0
+    # several processes: whether they all stop, as the main process said at the last log / eval / save step
+    agreed: TrainerControl = field(default_factory=TrainerControl)
 
 
 class Trainer:
@@ -150,13 +152,20 @@ class Trainer:
         params, optuna_trial = self._resolve_params(trial)
         run_args = self._args_for(params)
         self._setup_accelerator(run_args)
-        # several processes: the main one chooses the checkpoint (moving a damaged one aside), every one loads it
-        resume_path = self._main_decides(lambda: self._resolve_checkpoint(resume_from_checkpoint, run_args))
+        # several processes: the main one chooses the latest checkpoint (moving a damaged one aside), every one loads
+        # it; a checkpoint named is each process's own to check (on remote storage each has its own copy of it)
+        resolve = lambda: self._resolve_checkpoint(resume_from_checkpoint, run_args)  # noqa: E731
+        resume_path = self._main_decides(resolve) if resume_from_checkpoint is True else resolve()
         model_params = {k: v for k, v in params.items() if k not in field_names()}
         reporters = self._make_reporters(run_args, optuna_trial)
         self.params = params
         self.run_args = run_args
         if run_args.auto_find_batch_size:
+            if self._distributed:  # a process out of memory would retry alone, and the others wait for it for ever
+                raise ConfigError(
+                    "`auto_find_batch_size` is true, but the run has several processes: give "
+                    "per_device_train_batch_size (one that fits), or train on one process"
+                )
             from accelerate.utils import find_executable_batch_size
 
             inner = find_executable_batch_size(self._inner_train, run_args.per_device_train_batch_size)
@@ -216,13 +225,16 @@ class Trainer:
         num_batches, accum, steps_per_epoch, max_steps = run.num_batches, run.accum, run.steps_per_epoch, run.max_steps
         max_grad_norm = args.max_grad_norm
         per_step_schedule = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)  # that one: evals
+        # several processes stop together: at the steps that log, evaluate or save, on the main process's word (its
+        # reporters may stop the run); one process alone never leaves the loop
+        stops = run.agreed if self._distributed else control
         start_epoch, steps_into_epoch = divmod(state.global_step, steps_per_epoch)
         num_epochs = math.ceil(max_steps / steps_per_epoch)
         try:
             if args.eval_on_start and state.global_step == 0:
                 self._evaluate_on_start(run, ignore_keys_for_eval)
             for epoch in range(start_epoch, num_epochs):
-                if state.global_step >= max_steps or control.should_stop:
+                if state.global_step >= max_steps or stops.should_stop:
                     break
                 run.epoch_generator.manual_seed(args.seed + epoch)
                 skip = steps_into_epoch * accum if epoch == start_epoch else 0
@@ -246,7 +258,7 @@ class Trainer:
                     # Transformers
                     end_of_epoch = batch_index + 1 == num_batches or state.global_step >= max_steps
                     self._maybe_log_evaluate_save(run, end_of_epoch, ignore_keys_for_eval)
-                    if state.global_step >= max_steps or control.should_stop:
+                    if state.global_step >= max_steps or stops.should_stop:
                         break
         except BaseException:
             for reporter in reporters:
@@ -405,6 +417,11 @@ class Trainer:
         if metrics is not None:
             for reporter in run.reporters:
                 reporter.on_evaluate(metrics, state, run.control, saved)
+        if self._distributed:
+            run.agreed.should_stop, run.agreed.reason = self._main_decides(
+                lambda: (run.control.should_stop, run.control.reason)
+            )
+            run.control.reason = run.control.reason or run.agreed.reason
 
     def _log(self, run: _Run, window_sum: float) -> None:
         """One log line: the mean loss since the last one, learning rate, epoch, grad norm; the window restarts."""
@@ -547,6 +564,11 @@ class Trainer:
         labels are gathered when `keep` or for compute_metrics (else None); the loss needs labels or a model that
         returns one."""
         model = self.model
+        if self._distributed:
+            # the model itself, not its DistributedDataParallel wrapper: the wrapper's forward broadcasts buffers,
+            # a collective that a process with no share of the evaluation would never join (the weights are the
+            # same in every process anyway)
+            model = self.accelerator.unwrap_model(model)
         was_training = model.training
         model.eval()
         dataset, collate_fn = batched(self._model_columns(dataset), self.task.collate_fn)

@@ -113,13 +113,15 @@ class SearchResult:
         if not top:
             return "no trial has reported a finite metric"
         names = sorted({name for t in top for name in t.params})
-        header = ["trial", self.metric, "status", "evals", *names]
+        processes = any(t.num_processes > 1 for t in top)  # a column only where trials trained data-parallel
+        header = ["trial", self.metric, "status", "evals", *(["processes"] if processes else []), *names]
         rows = [
             [
                 t.trial_id,
                 format_value(t.best_metric),
                 t.status,
                 str(t.evaluations),
+                *([str(t.num_processes)] if processes else []),
                 *(format_value(t.params.get(n, "-")) for n in names),
             ]
             for t in top

@@ -133,17 +133,21 @@ def run_on_workers(
             ended.set()
 
     threading.Thread(target=fit, name="tunetrain-torch-trainer", daemon=True).start()
-    while True:
-        try:
-            item = relay.get(timeout=_POLL_S)
-        except Empty:
-            if ended.is_set() and relay.empty():  # a worker's put returns before it does: nothing can follow
-                break
-            continue
-        if isinstance(item, _PlacementGroup):
-            _PLACEMENT_GROUP["current"] = item.placement_group
-            continue
-        on_item(item)
+    try:
+        while True:
+            try:
+                item = relay.get(timeout=_POLL_S)
+            except Empty:
+                if ended.is_set() and relay.empty():  # a worker's put returns before it does: nothing can follow
+                    break
+                continue
+            if isinstance(item, _PlacementGroup):
+                _PLACEMENT_GROUP["current"] = item.placement_group
+                continue
+            on_item(item)
+    finally:
+        if ended.is_set():
+            relay.shutdown()  # its actor (a trial's ends with the trial's actor anyway)
     if "error" in outcome:
         raise _workers_error(outcome["error"]) from None
 
