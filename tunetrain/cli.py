@@ -199,7 +199,6 @@ def _train(cli: argparse.Namespace) -> int:
         from tunetrain.launch import check_devices, launch
 
         check_devices(cli.nproc, use_cpu=args.use_cpu)
-
         shown = launch(final_fit, (fit,), nproc=cli.nproc, threads=threads)
     else:
         shown = final_fit(fit)
@@ -235,7 +234,7 @@ def final_fit(fit: FinalFit) -> dict[str, Any]:
     task = load_task(fit.experiment.task)
     if fit.full_data:
         task, args = _on_full_data(task, args)
-    trainer = Trainer(task, args, fit.experiment.space, console=_is_main_process())
+    trainer = Trainer(task, args, fit.experiment.space)  # only the main process's reporters (the console) run
     output = trainer.train(resume_from_checkpoint=fit.resume, trial=fit.params)
     finished = (Path(trainer.run_args.output_dir) / "model.safetensors").is_file()
     if fit.resume and "train_loss" not in output.metrics and finished:
@@ -253,11 +252,6 @@ def final_fit(fit: FinalFit) -> dict[str, Any]:
         _save_final(trainer, fit.experiment, fit.params, metrics)
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
     return {"output_dir": trainer.run_args.output_dir, "params": fit.params, "metrics": shown}
-
-
-def _is_main_process() -> bool:
-    """Whether this process is the main one of its run (RANK 0, or no launcher at all)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit, threads: int | None) -> dict[str, Any]:
