@@ -108,7 +108,7 @@ def _process(fn: Callable[..., Any], args: tuple[Any, ...], errors_dir: str, thr
         Path(errors_dir, f"{rank}.json").write_text(json.dumps(error))
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(exc.exit_code)
+        sys.exit(exc.exit_code)  # a clean exit (its semaphores released): no traceback for SystemExit
     except BaseException:
         # the launcher keeps a process's traceback in a file of its own: printed here, where the user sees it
         traceback.print_exc()
