@@ -51,6 +51,22 @@ def test_each_scheduler_has_a_ray_scheduler():
     assert components.make_ray_scheduler(_config(scheduler="none"), max_t=None, search_state=state) is None
 
 
+def test_asha_that_promotes_and_pbt_are_ours_and_pause_trials(tmp_path):
+    from tunetrain.storage import ExperimentDir
+    from tunetrain.tuning.ray.schedulers import ExactPBT, PromotingASHA
+    from tunetrain.tuning.ray.search_state import SearchState
+
+    state, exp_dir = SearchState(), ExperimentDir.open(str(tmp_path), "x")
+    promoting = _config(scheduler={"type": "asha", "promote": True, "grace_period": 2})
+    made = components.make_ray_scheduler(promoting, max_t=20, search_state=state, num_samples=9)
+    assert isinstance(made, PromotingASHA) and made.rungs == [2, 6, 18] and components.pauses_trials(promoting)
+    pbt = _config(scheduler={"type": "pbt", "perturbation_interval": 3, "hyperparam_mutations": ["units"]})
+    made = components.make_ray_scheduler(pbt, max_t=None, search_state=state, space=SPACE, exp_dir=exp_dir)
+    assert isinstance(made, ExactPBT) and made.mutations == ("units",) and made.exp_dir is exp_dir
+    assert made._perturbation_interval == 3 and components.pauses_trials(pbt)
+    assert not components.pauses_trials(_config(scheduler="asha"))
+
+
 def test_the_last_rung_is_the_budget_unless_set():
     from tunetrain.experiment import experiment_from_dict
     from tunetrain.tuning.trial import max_t_for

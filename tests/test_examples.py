@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 
@@ -34,5 +35,8 @@ def test_example_runs(path, tmp_path, monkeypatch, capsys):
         assert "best accuracy" in printed
     if path.stem == "coming_from_transformers":
         assert "'eval_accuracy': 1.0" in printed and "pipeline on the export: [{'label'" in printed
+    if path.stem == "pbt":
+        found = re.search(r"best (\S+) at step (\d+) \(the search: (\S+) at step (\d+)\)", printed)
+        assert found and found.group(1, 2) == found.group(3, 4), printed
     if path.stem == "search_from_python":
         assert "best trial" in printed and "8 done" in printed

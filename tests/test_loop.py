@@ -753,3 +753,49 @@ def test_a_callback_that_is_not_tunetrains_is_one_line(tmp_path, tiny_task):
 
     with pytest.raises(ConfigError, match=r"^callback 0 is a .*TransformersStyle, but must be a tunetrain.Trainer"):
         Trainer(tiny_task, _args(tmp_path), callbacks=[TransformersStyle()])
+
+
+def test_a_resume_with_other_optimizer_settings_takes_them_and_keeps_the_schedules_shape(tmp_path, tiny_task):
+    # PBT's explore step (and params changed by hand): the checkpoint's optimizer and schedule carry its run's
+    # settings; before, a resume kept them and silently ignored the new ones
+    settings = dict(lr_scheduler_type="linear", warmup_steps=5, logging_steps=1)
+    Trainer(tiny_task, _args(tmp_path, weight_decay=0.01, **settings)).train(trial={"hidden": 8})
+    shutil.copytree(tmp_path / "run" / "checkpoint-12", tmp_path / "again" / "run" / "checkpoint-12")
+    changed = {"hidden": 8, "learning_rate": 0.004, "weight_decay": 0.3, "adam_beta1": 0.8}
+    Trainer(tiny_task, _args(tmp_path / "again", **settings)).train(trial=changed, resume_from_checkpoint=True)
+    first, second = (_learning_rates(root / "run" / "checkpoint-42") for root in (tmp_path, tmp_path / "again"))
+    for step in range(13, 43):  # the same warmup-then-decay factor, times the new rate (0.004 / 0.01)
+        assert second[step] == pytest.approx(first[step] * 0.4, rel=1e-6)
+    optimizer = torch.load(tmp_path / "again" / "run" / "checkpoint-42" / "optimizer.pt", weights_only=True)
+    groups = optimizer["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0]  # biases keep no decay
+    assert {g["initial_lr"] for g in groups} == {0.004} and {g["betas"][0] for g in groups} == {0.8}
+
+
+def _learning_rates(checkpoint: Path) -> dict[int, float]:
+    log = ckpt.read_trainer_state(checkpoint).log_history
+    return {entry["step"]: entry["learning_rate"] for entry in log if "learning_rate" in entry}
+
+
+def test_a_resume_under_reduce_lr_on_plateau_after_a_cut_is_bitwise_exact(tmp_path, tiny_task):
+    # the plateau schedule has no base rate: a resume must not touch the restored rate. 0.01 cut by 0.37, then
+    # x 0.01 / 0.01, is one ulp off (seen: a rescale on every resume broke pausing schedulers' exactness)
+    plateau = {"patience": 0, "factor": 0.37, "threshold": 10.0, "cooldown": 2}  # a cut every third evaluation
+    args = _args(tmp_path, lr_scheduler_type="reduce_lr_on_plateau", lr_scheduler_kwargs=plateau, eval_steps=3,
+                 save_steps=3, learning_rate=0.01, metric_for_best_model="loss")  # fmt: skip
+    full = Trainer(tiny_task, args)
+    full.train()
+    resumed_dir = _resumed_copy(tmp_path, Path(args.output_dir), 3)
+    (cut,) = set(_rates(resumed_dir / "checkpoint-3"))
+    assert cut == pytest.approx(0.0037) and cut * 0.01 / 0.01 != cut
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(resumed_dir)))
+    resumed.train(resume_from_checkpoint=True)
+    for step in (9, 45):  # before the next cut, and at the end: to the bit
+        assert _rates(resumed_dir / f"checkpoint-{step}") == _rates(Path(args.output_dir) / f"checkpoint-{step}")
+    full_weights, resumed_weights = _weights(full), _weights(resumed)
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _losses(resumed) == _losses(full)
+
+
+def _rates(checkpoint: Path) -> list[float]:
+    return [g["lr"] for g in torch.load(checkpoint / "optimizer.pt", weights_only=True)["param_groups"]]

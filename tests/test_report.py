@@ -1,11 +1,13 @@
 """Tests for `tunetrain.report`: the data the figures draw, the PNGs and html it writes, and its errors.
 
 The experiment is made by a `ResultsBook` as a search would make it (no Ray, no training): six trials that
-completed, were pruned at evaluation 1 and 3, errored, and one still running.
+completed, were pruned at evaluation 1 and 3, errored, and one still running. A second one is a population whose
+trials took each other's checkpoints, as Population Based Training leaves it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -21,9 +23,13 @@ from tunetrain.report import (
     BEST_SO_FAR_PNG,
     CURVES_PNG,
     PARAMS_PNG,
+    POPULATION_PNG,
     best_so_far_data,
+    has_exploits,
     learning_curve_data,
+    lineage_colors,
     param_scale,
+    population_data,
     summary_text,
     write_report,
 )
@@ -54,6 +60,47 @@ def _write_experiment(path: Path, trials: dict = TRIALS) -> Path:
             book.finish(trial_id, status, error=ERROR_MESSAGE if status == "errored" else None)
     book.flush(force=True)
     return path
+
+
+# a population of four, reporting at steps 10, 20, ... : trial id -> (accuracy per evaluation, its exploits as
+# {its first evaluation after one: (donor, the donor's step it copied)}). A takes B's checkpoint of step 20, then
+# goes on from it; D takes A's of step 20 (A's own weights, though A has moved on to B's since); C takes A's of
+# step 40, which are B's weights
+POPULATION = {
+    "A": ([0.30, 0.35, 0.62, 0.66], {3: ("B", 20)}),
+    "B": ([0.50, 0.60, 0.65, 0.70, 0.72, 0.74], {}),
+    "C": ([0.20, 0.25, 0.28, 0.30, 0.73, 0.75], {5: ("A", 40)}),
+    "D": ([0.10, 0.15, 0.36, 0.40], {3: ("A", 20)}),
+}
+
+
+def _write_population(path: Path) -> Path:
+    """The experiment of `POPULATION`; its history as a PBT search writes it, with `params`, `parent` and
+    `parent_step`, and the evaluations of all trials taken in turn (each trial's n-th at about n * 100 s)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.mkdir(parents=True, exist_ok=True)
+    book = ResultsBook(str(path), metric="accuracy", mode="max", min_interval_s=0.0)
+    rows = []
+    for number, (trial_id, (values, exploits)) in enumerate(POPULATION.items()):
+        book.start(trial_id, number, {"lr": 1e-3})
+        for evaluation, value in enumerate(values, start=1):
+            book.report(trial_id, {"accuracy": value, "evaluation": evaluation, "step": 10 * evaluation})
+            parent, parent_step = exploits.get(evaluation, (None, None))
+            rows.append(
+                {"trial_id": trial_id, "evaluation": evaluation, "step": 10 * evaluation, "epoch": None,
+                 "metric": value, "time_s": 100.0 * evaluation, "metrics": "{}", "params": json.dumps({"lr": 1e-3}),
+                 "parent": parent, "parent_step": parent_step}
+            )  # fmt: skip
+        book.finish(trial_id, "completed")
+    pq.write_table(pa.Table.from_pylist(rows), path / "history.parquet")
+    return path
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_population(tmp_path_factory.mktemp("pbt") / "pbt_search")
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +175,40 @@ def test_param_scale() -> None:
     assert param_scale([1, 2, 4]) == "linear"
     assert param_scale(["relu", "gelu"]) == "category"
     assert param_scale([True, False]) == "category"
+
+
+def test_a_trial_carries_its_donors_lineage_as_of_the_step_it_copied(population: Path) -> None:
+    data = population_data(read_results(population), read_history(population))
+    assert [(s.trial_id, s.lineage, s.x) for s in data.segments] == [
+        ("A", "A", [10, 20]),
+        ("A", "B", [30, 40]),
+        ("B", "B", [10, 20, 30, 40, 50, 60]),
+        ("C", "C", [10, 20, 30, 40]),
+        ("C", "B", [50, 60]),  # A's step 40 was B's weights: C's tail is B's lineage, not A's
+        ("D", "D", [10, 20]),
+        ("D", "A", [30, 40]),  # A's step 20 was still its own
+    ]
+    assert data.segments[4].y == pytest.approx([0.73, 0.75])
+    assert data.lineages == ["B", "A", "C", "D"]  # B is carried by three trials at the end, A by one
+    exploits = [(e.receiver, e.donor, e.lineage, e.donor_step, e.step) for e in data.exploits]
+    assert exploits == [("A", "B", "B", 20, 30), ("D", "A", "A", 20, 30), ("C", "A", "B", 40, 50)]  # as they happened
+    first = data.exploits[0]
+    assert (first.donor_value, first.value) == pytest.approx((0.60, 0.62))  # B at step 20, A's next evaluation
+
+
+def test_exploits_are_found_in_the_results_or_the_history(experiment: Path, population: Path) -> None:
+    assert has_exploits(read_results(population), read_history(population))
+    result, history = read_results(experiment), read_history(experiment)
+    assert not has_exploits(result, history)
+    result.trials[0].parent = [{"trial_id": "t1", "step": 20, "evaluation": 2}]  # as `TrialRecord.parent` holds them
+    assert has_exploits(result, history)
+
+
+def test_lineages_past_the_eighth_share_grey() -> None:
+    colors = lineage_colors([f"t{i}" for i in range(10)])
+    named = [colors[f"t{i}"] for i in range(8)]
+    assert len(set(named)) == 8
+    assert colors["t8"] == colors["t9"] not in named
 
 
 def test_best_so_far_counts_every_evaluation_and_never_ranks_errored_ones(experiment: Path) -> None:
@@ -212,6 +293,21 @@ def test_out_dir_and_summary_text(experiment: Path, tmp_path: Path) -> None:
     )
     assert table_header.split() == ["trial", "accuracy", "status", "evals", "act", "layers", "lr"]
     assert first.split()[:2] == ["t1", "0.91"] and second.split()[0] == "t0"
+
+
+def test_a_search_without_exploits_has_no_population_figure(report: Path) -> None:
+    assert not (report.parent / POPULATION_PNG).exists()
+    assert "population" not in report.read_text().lower()
+
+
+def test_the_population_figure_is_drawn_and_embedded_when_trials_exploited(population: Path) -> None:
+    page = write_report(population).read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 4
+    assert f"({POPULATION_PNG})</figcaption>" in page
+    assert page.index("<h2>Learning curves") < page.index("<h2>Population") < page.index("<h2>Params")
+    pixels = _pixels(population / POPULATION_PNG)
+    counts = [_count_color(pixels, color) for color in lineage_colors(["B", "A", "C", "D"]).values()]
+    assert counts[0] > max(counts[1:]) and min(counts) > 0, counts  # B's lineage, the most carried, the most drawn
 
 
 def test_a_search_with_only_running_trials_is_reported(tmp_path: Path) -> None:

@@ -420,3 +420,47 @@ def test_a_damaged_results_file_is_one_line_naming_it(tmp_path, name, damage):
         with pytest.raises(ConfigError, match=rf"'{re.escape(str(file))}' is damaged .*: restore it") as err:
             read()
         assert "\n" not in str(err.value)
+
+
+def test_an_exploited_trial_takes_its_lineages_best_and_params_and_keeps_the_evaluations_it_trained(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {"lr": 0.1})
+    _report(book, "t0", [0.5, 0.9, 0.4, 0.3])  # its own best (0.9) is in weights it gives up
+    exploits = [{"trial_id": "t1", "step": 20, "evaluation": 4}]
+    book.rebase("t0", params={"lr": 0.02}, exploits=exploits, best_metric=0.7, best_step=20, best_checkpoint="c-20")
+    # it goes on from the donor's step 20 (evaluation 2): the evaluations it trained before stand in the history
+    book.report("t0", {"eval_accuracy": 0.75, "evaluation": 3, "step": 30}, params={"lr": 0.02}, parent=("t1", 20))
+    book.flush(force=True)
+    record = read_results(str(tmp_path)).trials[0]
+    assert (record.best_metric, record.best_step, record.params, record.parent) == (0.75, 30, {"lr": 0.02}, exploits)
+    rows = read_history(str(tmp_path))
+    assert [(r["evaluation"], r["metric"]) for r in rows] == [(1, 0.5), (2, 0.9), (3, 0.4), (4, 0.3), (3, 0.75)]
+    assert (rows[-1]["parent"], rows[-1]["parent_step"], json.loads(rows[-1]["params"])) == ("t1", 20, {"lr": 0.02})
+    assert rows[0]["parent"] is None and rows[0]["params"] is None  # reported without params
+
+
+def test_a_trial_resumed_after_its_exploit_replaces_only_the_evaluations_since_the_exploit(tmp_path):
+    book = _book(tmp_path)
+    book.start("t0", 0, {"lr": 0.1})
+    _report(book, "t0", [0.5, 0.6, 0.4, 0.3, 0.2])  # its own, to evaluation 5
+    book.report("t0", {"eval_accuracy": 0.7, "evaluation": 3, "step": 30}, params={"lr": 0.02}, parent=("t1", 20))
+    book.report("t0", {"eval_accuracy": 0.72, "evaluation": 4, "step": 40}, params={"lr": 0.02})
+    book.flush(force=True)
+    again = _book(tmp_path)  # the driver was killed; the trial resumes from its checkpoint of evaluation 3
+    again.load()
+    assert again.last_evaluation("t0") == 4  # the latest, not the highest (5, before the exploit)
+    again.report("t0", {"eval_accuracy": 0.71, "evaluation": 4, "step": 40}, params={"lr": 0.02})
+    again.flush(force=True)
+    rows = [(r["evaluation"], r["metric"], r["parent"]) for r in read_history(str(tmp_path))]
+    assert rows == [(1, 0.5, None), (2, 0.6, None), (3, 0.4, None), (4, 0.3, None), (5, 0.2, None),
+                    (3, 0.7, "t1"), (4, 0.71, None)]  # fmt: skip
+    again.report("t0", {"eval_accuracy": 0.69, "evaluation": 3, "step": 30}, params={"lr": 0.02})  # from step 20
+    assert [(r["evaluation"], r["parent"]) for r in again.history][5:] == [(3, "t1")]  # it still says where from
+
+
+def test_the_summary_says_how_many_running_trials_wait_paused(tmp_path):
+    result = SearchResult(
+        str(tmp_path), "eval_accuracy", "max", [_record("t0", 0.5, "running"), _record("t1", 0.6, "running")]
+    )
+    assert "0/4 done, 2 running (1 of them paused); best eval_accuracy=0.6 (t1)" in result.summary_line(4, paused=1)
+    assert "2 running; best" in result.summary_line(4)

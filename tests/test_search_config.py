@@ -219,10 +219,11 @@ def test_scheduler_forms(text, expected):
 @pytest.mark.parametrize(
     ("scheduler", "message"),
     [
-        ("hyperband", "`search.scheduler` is 'hyperband', but must be one of asha | none"),
-        (True, "`search.scheduler` is True, but must be asha, none, or a mapping"),
-        (3, "`search.scheduler` is 3, but must be asha, none, or a mapping"),
-        ({"type": "ahsa"}, "`search.scheduler.type` is 'ahsa', but must be one of asha | none (did you mean `asha`?)"),
+        ("hyperband", "`search.scheduler` is 'hyperband': successive halving that pauses trials at rungs and "),
+        ({"type": "hyperband"}, "`search.scheduler.type` is 'hyperband': successive halving that pauses trials"),
+        (True, "`search.scheduler` is True, but must be asha, pbt, none, or a mapping"),
+        (3, "`search.scheduler` is 3, but must be asha, pbt, none, or a mapping"),
+        ({"type": "ahsa"}, "`search.scheduler.type` is 'ahsa', but must be one of asha | pbt | none (did you mean"),
         ({"grace_period": 0}, "`search.scheduler.grace_period` is 0, but must be >= 1"),
         ({"reduction_factor": 1.5}, "`search.scheduler.reduction_factor` is 1.5, but must be >= 2"),
         ({"reduction_factor": True}, "`search.scheduler.reduction_factor` is True, but must be a number"),
@@ -235,6 +236,86 @@ def test_scheduler_forms(text, expected):
 def test_scheduler_rules(scheduler, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         _load({"scheduler": scheduler})
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        (
+            {"type": "pbt", "grace_period": 2},
+            "`search.scheduler.grace_period` applies only to the asha scheduler, but type i",
+        ),
+        ({"perturbation_interval": 3}, "`search.scheduler.perturbation_interval` applies only to the pbt scheduler"),
+        (
+            {"type": "pbt", "perturbation_interval": 0},
+            "`search.scheduler.perturbation_interval` is 0, but must be >= 1",
+        ),
+        (
+            {"type": "pbt", "quantile_fraction": 0.6},
+            "`search.scheduler.quantile_fraction` is 0.6, but must be in (0, 0.5]",
+        ),
+        ({"type": "pbt", "quantile_fraction": 0}, "`search.scheduler.quantile_fraction` is 0, but must be in (0, 0.5]"),
+        (
+            {"type": "pbt", "resample_probability": 2},
+            "`search.scheduler.resample_probability` is 2, but must be in [0, 1]",
+        ),
+        (
+            {"type": "pbt", "hyperparam_mutations": "lr"},
+            "hyperparam_mutations` names 'lr', which is not a param of the space",
+        ),
+        (
+            {"type": "pbt", "hyperparam_mutations": [1]},
+            "hyperparam_mutations` is [1] (list), but must be a list of names",
+        ),
+        (
+            {"type": "pbt", "hyperparam_mutations": ["optim"]},
+            "mutations` names 'optim', which a trial cannot change as it trains",
+        ),
+        ({"promote": "yes"}, "`search.scheduler.promote` is 'yes', but must be true or false"),
+    ],
+)
+def test_pbt_and_promotion_rules(scheduler, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _load({"scheduler": scheduler})
+
+
+def test_pbt_and_a_pausing_asha_need_the_ray_backend_and_one_worker_a_trial():
+    pausing = (
+        ({"type": "pbt"}, "`search.scheduler.type` is pbt"),
+        ({"promote": True}, "`search.scheduler.promote` is true"),
+    )
+    for scheduler, key in pausing:
+        with pytest.raises(ConfigError, match=re.escape(f"{key}, which")) as caught:
+            _load({"scheduler": scheduler, "backend": "optuna"})
+        assert "only the ray backend does that (use backend: ray)" in str(caught.value)
+        with pytest.raises(ConfigError, match="a data-parallel trial cannot be paused or moved yet; use workers: 1"):
+            _load({"scheduler": scheduler, "resources_per_trial": {"workers": 2}})
+
+
+def test_pbt_refuses_a_mutation_whose_when_children_a_trial_cannot_change():
+    space = SearchSpace.from_mapping(
+        {
+            "learning_rate": {"type": "float", "low": 1.0e-4, "high": 0.1, "log": True},
+            "schedule_kind": {"type": "categorical", "choices": ["a", "b"]},
+            "warmup_steps": {"type": "int", "low": 0, "high": 10, "when": {"schedule_kind": "b"}},
+        }
+    )
+    message = "`search.scheduler.hyperparam_mutations` changes 'warmup_steps' (its `when:` names a mutated param)"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _load({"scheduler": {"type": "pbt", "hyperparam_mutations": ["schedule_kind"]}}, space=space)
+
+
+def test_pbt_perturbs_the_spaces_optimizer_settings_by_default_and_refuses_a_space_without_any():
+    config = _load({"scheduler": {"type": "pbt", "quantile_fraction": 0.5}})
+    assert config.scheduler.to_dict() == {
+        "type": "pbt", "perturbation_interval": 2, "burn_in_period": 0, "quantile_fraction": 0.5,
+        "resample_probability": 0.25, "hyperparam_mutations": [],
+    }  # fmt: skip
+    assert SearchConfig.from_dict(config.to_dict(), space=_space(), args=_args()) == config
+    space = SearchSpace.from_mapping({"hidden": {"type": "int", "low": 4, "high": 8}})
+    message = "`search.scheduler.hyperparam_mutations` is empty, and the space has no param PBT can change by default"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _load({"scheduler": "pbt"}, space=space)
 
 
 def test_max_t_defaults_to_the_runs_budget_in_evaluations():

@@ -176,6 +176,21 @@ class TrainingArguments:
         return name if name.startswith("eval_") else f"eval_{name}"
 
 
+# The fields a run resumed from a checkpoint may change: the loop puts them into the optimizer it restores (the
+# learning rate scaled so that the schedule keeps its shape) or reads them at every step. Any other field changes
+# what the checkpoint's steps mean (the batches, the schedule's length, the optimizer's kind).
+CHANGEABLE_ON_RESUME = (
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "momentum",
+    "max_grad_norm",
+    "label_smoothing_factor",
+)
+
+
 def field_names() -> frozenset[str]:
     """The names a search space param may use to override a TrainingArguments field."""
     return frozenset(_FIELD_KINDS)

@@ -53,6 +53,7 @@ PREFIX = CHECKPOINT_PREFIX
 REQUIRED_FILES = (WEIGHTS_NAME, OPTIMIZER_NAME, SCHEDULER_NAME, RNG_STATE_NAME, TRAINER_STATE_NAME, PARAMS_NAME)
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 _TEMP_PREFIX = f".tmp-{PREFIX}"  # a save in progress: `.tmp-checkpoint-{step}-{pid}`, renamed into place when complete
+_ROTATED_PREFIX = ".rotated"  # a checkpoint being deleted by the rotation: `.rotated-checkpoint-{step}-{pid}`
 
 
 @dataclass
@@ -203,7 +204,7 @@ def remove_partial_checkpoints(output_dir: str | Path) -> None:
     """Delete the temporary directories of saves that were killed halfway (never a complete checkpoint)."""
     root = Path(output_dir)
     if root.is_dir():
-        for path in root.glob(f"{_TEMP_PREFIX}-*"):
+        for path in [*root.glob(f"{_TEMP_PREFIX}-*"), *root.glob(f"{_ROTATED_PREFIX}-*")]:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -213,7 +214,11 @@ def remove_run(output_dir: str | Path) -> None:
     from tunetrain.storage.layout import CARD_NAME, EXPERIMENT_NAME, EXPORT_MARKER, METRICS_NAME
 
     root = Path(output_dir)
-    for path in [*root.glob(f"{CHECKPOINT_PREFIX}-*"), *root.glob(f"{_TEMP_PREFIX}-*")]:
+    for path in [
+        *root.glob(f"{CHECKPOINT_PREFIX}-*"),
+        *root.glob(f"{_TEMP_PREFIX}-*"),
+        *root.glob(f"{_ROTATED_PREFIX}-*"),
+    ]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
     names = [WEIGHTS_NAME, PARAMS_NAME, METRICS_NAME, EXPERIMENT_NAME, CARD_NAME]
@@ -269,6 +274,15 @@ def read_params(path: str | Path) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {PARAMS_NAME}: not a JSON object")
     return params
+
+
+def read_args(path: str | Path) -> dict[str, Any]:
+    """The TrainingArguments the checkpoint's run had, as saved ({} where the checkpoint has none readable)."""
+    try:
+        args = json.loads((Path(path) / ARGS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -346,7 +360,14 @@ def rotate_checkpoints(output_dir: str | Path, *, limit: int | None, keep: str |
         keep_others = max(keep_others, 1)
     doomed = others[: max(len(others) - keep_others, 0)]
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        # renamed out of the way first: whoever lists the checkpoints meanwhile (PBT copying a donor's) sees it
+        # whole or not at all, never half deleted
+        aside = path.with_name(f"{_ROTATED_PREFIX}-{path.name}-{os.getpid()}")
+        try:
+            path.rename(aside)
+        except OSError:
+            aside = path
+        shutil.rmtree(aside, ignore_errors=True)
         logger.debug("deleted %s (save_total_limit=%s)", path, limit)
     return doomed
 

@@ -183,7 +183,7 @@ def _setup_logging() -> None:
 
 def _train(cli: argparse.Namespace) -> int:
     _check_launch(cli)
-    experiment, params, default_output = _what_to_train(cli)
+    experiment, params, schedule, default_output = _what_to_train(cli)
     threads = _use_exported_threads(cli.experiment)
     output_dir = cli.output_dir or default_output
     args = experiment.training_arguments(**({"output_dir": output_dir} if output_dir else {}))
@@ -192,7 +192,7 @@ def _train(cli: argparse.Namespace) -> int:
         args = args.replace(output_dir=os.path.abspath(args.output_dir))
         resume = os.path.abspath(resume) if isinstance(resume, str) else resume
     _check_output_dir(args.output_dir, resume=cli.resume is not None, overwrite=cli.overwrite_output_dir)
-    fit = FinalFit(experiment, params, args, resume=resume, full_data=cli.full_data)
+    fit = FinalFit(experiment, params, args, resume=resume, full_data=cli.full_data, schedule=schedule)
     if cli.address:
         shown = _fit_on_ray(cli, fit, threads)
     elif cli.nproc > 1:
@@ -222,6 +222,7 @@ class FinalFit:
     args: Any  # TrainingArguments
     resume: Any = None  # --resume: None, True, or a checkpoint
     full_data: bool = False
+    schedule: tuple[Any, ...] = ()  # `ScheduleStep`s: the params from later steps on (a PBT trial's lineage)
 
 
 def final_fit(fit: FinalFit) -> dict[str, Any]:
@@ -234,8 +235,16 @@ def final_fit(fit: FinalFit) -> dict[str, Any]:
     task = load_task(fit.experiment.task)
     if fit.full_data:
         task, args = _on_full_data(task, args)
-    trainer = Trainer(task, args, fit.experiment.space)  # only the main process's reporters (the console) run
-    output = trainer.train(resume_from_checkpoint=fit.resume, trial=fit.params)
+    if fit.schedule:
+        from tunetrain.schedule import train_on_schedule
+
+        def make_trainer(run_args: Any, reporters: list[Any]) -> Trainer:
+            return Trainer(task, run_args, fit.experiment.space, reporters=reporters)
+
+        trainer, output = train_on_schedule(make_trainer, args, fit.params, fit.schedule, resume=fit.resume)
+    else:
+        trainer = Trainer(task, args, fit.experiment.space)  # only the main process's reporters (the console) run
+        output = trainer.train(resume_from_checkpoint=fit.resume, trial=fit.params)
     finished = (Path(trainer.run_args.output_dir) / "model.safetensors").is_file()
     if fit.resume and "train_loss" not in output.metrics and finished:
         # no step done, and the run's result already written (a run killed after its last checkpoint but before
@@ -249,9 +258,10 @@ def final_fit(fit: FinalFit) -> dict[str, Any]:
         # a final fit: the test split is scored once, at the end, never used for selection
         metrics.update(trainer.evaluate(task.test_dataset, metric_key_prefix="test"))
     if trainer.accelerator.is_main_process:
-        _save_final(trainer, fit.experiment, fit.params, metrics)
+        _save_final(trainer, fit, metrics)
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
-    return {"output_dir": trainer.run_args.output_dir, "params": fit.params, "metrics": shown}
+    params = trainer.params if fit.schedule else fit.params  # a schedule's last params
+    return {"output_dir": trainer.run_args.output_dir, "params": params, "metrics": shown}
 
 
 def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit, threads: int | None) -> dict[str, Any]:
@@ -338,9 +348,11 @@ def _check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> None
     ckpt.remove_run(path)
 
 
-def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | None]:
-    """(experiment, params, default output dir) from an experiment file, an export dir or an experiment dir."""
+def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], tuple[Any, ...], str | None]:
+    """(experiment, params of step 0, schedule of later params, default output dir) from an experiment file, an
+    export dir or an experiment dir (its best trial; a trial PBT exploited replays its lineage)."""
     from tunetrain.experiment import apply_overrides, experiment_from_dict, load_experiment
+    from tunetrain.export import trial_schedule
     from tunetrain.results import read_experiment
     from tunetrain.storage import is_uri
     from tunetrain.storage.layout import EXPERIMENT_NAME, FINAL_SUFFIX
@@ -350,19 +362,29 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], str | 
     if not is_uri(cli.experiment):
         if not path.is_dir():
             experiment = load_experiment(path, cli.overrides)
-            return experiment, _params_for(experiment, cli.params), None
+            return experiment, _params_for(experiment, cli.params), _schedule_for(experiment, cli), None
         default_output = str(path.resolve().parent / f"{path.resolve().name}{FINAL_SUFFIX}")  # beside it, not in it
         if (path / EXPERIMENT_NAME).is_file():  # an export: its experiment file fixes the params
             experiment = load_experiment(path / EXPERIMENT_NAME, cli.overrides)
-            return experiment, _params_for(experiment, cli.params), default_output
+            return experiment, _params_for(experiment, cli.params), _schedule_for(experiment, cli), default_output
     result, experiment = read_experiment(cli.experiment)  # an experiment dir: the best trial's params
     experiment = experiment_from_dict(apply_overrides(experiment.to_dict(), cli.overrides))
     if cli.params is not None:
-        return experiment, _params_for(experiment, cli.params), default_output
+        return experiment, _params_for(experiment, cli.params), (), default_output
     if result.best is None:
         raise ConfigError(f"experiment {cli.experiment!r} holds no finished trial with a finite metric")
     print(f"tunetrain: training the best trial {result.best.trial_id} of {cli.experiment}", file=sys.stderr)
-    return experiment, dict(result.best.params), default_output
+    start, schedule = trial_schedule(result, result.best)
+    return experiment, start, schedule, default_output
+
+
+def _schedule_for(experiment: Any, cli: argparse.Namespace) -> tuple[Any, ...]:
+    if experiment.schedule and cli.params is not None:
+        raise ConfigError(
+            "--params gives the params of a whole run, but the experiment's `schedule` changes them at given steps: "
+            "drop one (edit the file's params and schedule, or train it as it is)"
+        )
+    return experiment.schedule
 
 
 def _on_full_data(task: Any, args: Any) -> tuple[Any, Any]:
@@ -412,8 +434,9 @@ def _active_defaults(space: Any, defaults: dict[str, Any], given: dict[str, Any]
     return {k: v for k, v in defaults.items() if k not in given and space.is_active(k, merged)}
 
 
-def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """The final model in exportable form beside the checkpoints (see `tunetrain.export`)."""
+def _save_final(trainer: Any, fit: FinalFit, metrics: dict[str, Any]) -> None:
+    """The final model in exportable form beside the checkpoints (see `tunetrain.export`); a scheduled run's
+    experiment file keeps its schedule."""
     from safetensors.torch import save_model
 
     from tunetrain.export import write_model_dir
@@ -424,8 +447,9 @@ def _save_final(trainer: Any, experiment: Any, params: dict[str, Any], metrics: 
     model = trainer.accelerator.unwrap_model(trainer.model)
     save_model(model, str(output_dir / WEIGHTS_NAME))
     write_model_dir(
-        output_dir, experiment, params, metrics, weights=output_dir / WEIGHTS_NAME, source="tunetrain train",
-        model=model,
+        output_dir, fit.experiment, trainer.params if fit.schedule else fit.params, metrics,
+        weights=output_dir / WEIGHTS_NAME, source="tunetrain train", model=model, start=fit.params,
+        schedule=fit.schedule,
     )  # fmt: skip
 
 

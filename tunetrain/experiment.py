@@ -7,6 +7,7 @@ train: {num_train_epochs: 20, ...}     # fixed TrainingArguments
 space: {learning_rate: {type: float, low: 1.0e-4, high: 0.1, log: true}, ...}
 search: {backend: ray, num_trials: 64, ...}    # checked by every command, `tunetrain train` too
 params: {learning_rate: 0.01, ...}       # instead of a space: fixed params (what an export writes)
+schedule: [{step: 330, params: {...}}]   # with params: from each step on, other params (a PBT trial's export)
 ```
 
 Loading checks every section and reports all problems it finds together, each naming its key path. Nothing
@@ -29,10 +30,11 @@ import yaml
 from tunetrain.args import TrainingArguments, field_names, field_type
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
+from tunetrain.schedule import ScheduleStep, parse_schedule
 from tunetrain.space import CategoricalParam, FloatParam, Param, SearchSpace
 from tunetrain.tuning.config import SearchConfig
 
-TOP_LEVEL_KEYS = ("name", "task", "train", "params", "space", "search")
+TOP_LEVEL_KEYS = ("name", "task", "train", "params", "schedule", "space", "search")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_FILE_BYTES = 1_000_000
 
@@ -46,7 +48,8 @@ class Experiment:
 
     - `train`: the fixed TrainingArguments; `output_dir` defaults to `runs/{name}-train` (a search's experiment
       dir is `runs/{name}`). Relative paths in a file are relative to the file (see `load_experiment`).
-    - `space`: what a search varies (empty for a file of fixed `params`). `params`: fixed params.
+    - `space`: what a search varies (empty for a file of fixed `params`). `params`: fixed params. `schedule`: with
+      params, the params from given steps on (`tunetrain.schedule`; what the export of a PBT trial writes).
     - `search`: the checked `search:` section, or None when the file has none (a search then takes every default).
     - `sections`: the `train:` and `search:` mappings as given (overrides applied): what `to_dict` writes back, so
       that an export or a search's `search.json` holds the file's own values, not every default.
@@ -58,6 +61,7 @@ class Experiment:
     space: SearchSpace = field(default_factory=lambda: SearchSpace.from_mapping(None))
     search: SearchConfig | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    schedule: tuple[ScheduleStep, ...] = ()
     path: Path | None = None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -92,6 +96,8 @@ class Experiment:
         out: dict[str, Any] = {"name": self.name, "task": self.task, "train": dict(train or _changed(self.train))}
         if self.params:
             out["params"] = dict(self.params)
+        if self.schedule:
+            out["schedule"] = [entry.to_dict() for entry in self.schedule]
         if not self.space.is_empty:
             out["space"] = self.space.to_dict()
         search = self.search_section()
@@ -264,6 +270,13 @@ def experiment_from_dict(raw: Any) -> Experiment:
     for key in sorted(set(train_section) & set(params)):
         errors.append(f"`train.{key}` is fixed, and `params.{key}` sets it again: keep one")
     errors.extend(_fixed_param_problems(params, train or TrainingArguments()))
+    schedule = parse_schedule(raw.get("schedule"), "schedule", errors)
+    if schedule and not params:
+        errors.append("`schedule` changes the fixed params at given steps, but there is no `params` (those of step 0)")
+    for index, entry in enumerate(schedule):
+        errors.extend(_fixed_param_problems(entry.params, train or TrainingArguments(), f"schedule[{index}].params"))
+        for key in sorted(set(train_section) & set(entry.params)):
+            errors.append(f"`train.{key}` is fixed, and `schedule[{index}].params.{key}` sets it again: keep one")
     if space is not None:
         fixed_and_searched = sorted(set(train_section) & set(space.names))
         for key in fixed_and_searched:
@@ -278,7 +291,10 @@ def experiment_from_dict(raw: Any) -> Experiment:
     if errors:
         raise ConfigError("; ".join(errors))
     sections = {"train": train_section, **({"search": search_section} if raw.get("search") is not None else {})}
-    return Experiment(name=name, task=task, train=train, space=space, search=search, params=params, sections=sections)
+    return Experiment(
+        name=name, task=task, train=train, space=space, search=search, params=params, schedule=schedule,
+        sections=sections,
+    )  # fmt: skip
 
 
 # TrainingArguments fields that are not hyperparameters: a search sets them for each trial itself
@@ -314,16 +330,16 @@ def _searched_field_problems(space: SearchSpace, train: TrainingArguments) -> li
     return problems
 
 
-def _fixed_param_problems(params: dict[str, Any], train: TrainingArguments) -> list[str]:
+def _fixed_param_problems(params: dict[str, Any], train: TrainingArguments, where: str = "params") -> list[str]:
     """What is wrong with `params:` values that set a TrainingArguments field: one that is not a hyperparameter
     (it belongs under `train:`), or a value the field refuses (one problem a param)."""
     problems = []
     for name, value in params.items():
         if name in _NOT_HYPERPARAMETERS:
-            problems.append(f"`params.{name}` is not a hyperparameter: set it under `train:`")
+            problems.append(f"`{where}.{name}` is not a hyperparameter: set it under `train:`")
         elif name in field_names():
             try:
-                train.check_value(name, value, where=f"params.{name}")
+                train.check_value(name, value, where=f"{where}.{name}")
             except ConfigError as exc:
                 problems.append(str(exc))
     return problems

@@ -5,7 +5,8 @@ An export folder holds:
 - `params.json`: the trial's params,
 - `metrics.json`: best and last metric, evaluations run, status, the search metric and mode,
 - `experiment.yaml`: the experiment with its space replaced by the fixed params, so that
-  `tunetrain train DIR/experiment.yaml` re-trains the same run,
+  `tunetrain train DIR/experiment.yaml` re-trains the same run; for a trial that PBT exploited, the params of
+  step 0 and a `schedule` (the params from each later step: its lineage, back to step 0),
 - `README.md`: a short card (task, params, metric, how to load),
 - `.tunetrain-export`: the names the export wrote; `--force` empties a dir only when it holds an export and nothing
   else.
@@ -31,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from tunetrain.args import field_names
 from tunetrain.errors import ConfigError
 from tunetrain.experiment import load_experiment
+from tunetrain.schedule import ScheduleStep
 from tunetrain.storage import copy_down, experiment_location, is_file, is_uri
 from tunetrain.storage.layout import (
     CARD_NAME,
@@ -96,8 +98,29 @@ def write_export(
     threads = trained_threads(weights.parent)
     if threads:
         metrics["num_threads"] = threads
-    write_model_dir(out_dir, experiment, trial.params, metrics, weights=weights, source=trial.best_checkpoint)
+    start, schedule = trial_schedule(result, trial)
+    params = schedule[-1].params if schedule else trial.params
+    if schedule and trial.best_step is not None:  # the params in force at the exported weights' step
+        params = next((e.params for e in reversed(schedule) if e.step < trial.best_step), start)
+    write_model_dir(
+        out_dir, experiment, params, metrics, weights=weights, source=trial.best_checkpoint, start=start,
+        schedule=schedule,
+    )  # fmt: skip
     return out_dir
+
+
+def trial_schedule(result: SearchResult, trial: TrialRecord) -> tuple[dict[str, Any], tuple[ScheduleStep, ...]]:
+    """The params a trial trained with from step 0, and the schedule of its later params: () for a trial never
+    exploited by PBT, else its lineage (each segment named by the trial that trained it)."""
+    from tunetrain.storage import ExperimentDir
+    from tunetrain.tuning.lineage import read_lineage
+
+    filesystem, path = experiment_location(result.experiment_dir)
+    lineage = read_lineage(filesystem, ExperimentDir(filesystem, path, path).trial_path(trial.trial_id))
+    if lineage is None:
+        return dict(trial.params), ()
+    first, *later = lineage.segments
+    return dict(first.params), tuple(ScheduleStep(s.step, dict(s.params), s.trial_id) for s in later)
 
 
 def trial_weights(result: SearchResult, trial: TrialRecord, staging: Path) -> Path:
@@ -204,16 +227,22 @@ def write_model_dir(
     weights: Path,
     source: str,
     model: torch.nn.Module | None = None,
+    start: dict[str, Any] | None = None,
+    schedule: tuple[ScheduleStep, ...] = (),
 ) -> None:
-    """The exportable form of a model: weights, params, metrics, a re-runnable experiment file and a card; for a
-    Transformers model also its config and tokenizer (`model`, if given, is the trained one)."""
+    """The exportable form of a model: weights, params (those the weights were trained with last), metrics, a
+    re-runnable experiment file and a card; for a Transformers model also its config and tokenizer (`model`, if
+    given, is the trained one). A run whose params changed (PBT) gives the params of step 0 (`start`) and the
+    `schedule` of the later ones: the experiment file replays it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_marker(out_dir, MODEL_DIR_FILES)  # first: an export cut short is still one that --force replaces
     if weights.resolve() != (out_dir / WEIGHTS_NAME).resolve():
         shutil.copyfile(weights, out_dir / WEIGHTS_NAME)
     (out_dir / PARAMS_NAME).write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
     (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    fixed = _fixed_experiment(experiment, params)
+    fixed = _fixed_experiment(experiment, start if start is not None else params, scheduled=bool(schedule))
+    if schedule:
+        fixed["schedule"] = [entry.to_dict() for entry in schedule]
     header = f"# tunetrain train {out_dir / EXPERIMENT_NAME}\n# {experiment.name} with fixed params, from {source}\n"
     (out_dir / EXPERIMENT_NAME).write_text(header + yaml.safe_dump(fixed, sort_keys=False))
     (out_dir / CARD_NAME).write_text(_card(experiment, params, metrics, out_dir))
@@ -273,13 +302,16 @@ def load_model(model_dir: str | Path) -> torch.nn.Module:
     return model
 
 
-def _fixed_experiment(experiment: Experiment, params: dict[str, Any]) -> dict[str, Any]:
-    """The experiment as a dict, its space replaced by `params` (TrainingArguments fields go to `train`)."""
+def _fixed_experiment(experiment: Experiment, params: dict[str, Any], *, scheduled: bool = False) -> dict[str, Any]:
+    """The experiment as a dict, its space replaced by `params` (TrainingArguments fields go to `train`, unless
+    a schedule changes them later: then every param stays in `params`, as in the schedule)."""
     fixed = experiment.to_dict()
     fixed.pop("space", None)
     fixed.pop("search", None)
-    fixed["train"] = {**fixed.get("train", {}), **{k: v for k, v in params.items() if k in field_names()}}
-    model_params = {k: v for k, v in params.items() if k not in field_names()}
+    fixed.pop("schedule", None)  # the caller's, if the run had one
+    fields = set() if scheduled else field_names()
+    fixed["train"] = {**fixed.get("train", {}), **{k: v for k, v in params.items() if k in fields}}
+    model_params = {k: v for k, v in params.items() if k not in fields}
     if model_params:
         fixed["params"] = model_params
     else:

@@ -818,6 +818,7 @@ class Trainer:
             )
             logger.warning("resuming with params that differ from the checkpoint's (%s): this run's win", changed)
         ckpt.load_weights(self.accelerator.unwrap_model(model), path)
+        settings = _hyperparameters(optimizer, scheduler)  # this run's, before the checkpoint's replace them
         ckpt.load_training_state(
             path,
             optimizer=optimizer,
@@ -826,6 +827,10 @@ class Trainer:
             device=self.accelerator.device,
             process_index=self.accelerator.process_index,
         )
+        previous = ckpt.read_args(path)  # the checkpoint's run's TrainingArguments
+        if _optimizer_settings_changed(previous, self.run_args, optimizer, scheduler, settings):
+            _retune(optimizer, scheduler, settings, previous_lr=previous.get("learning_rate"))
+            logger.debug("resuming with this run's optimizer settings (the checkpoint's differ): %s", settings)
         if saved.train_batch_size != fresh.train_batch_size or saved.steps_per_epoch != fresh.steps_per_epoch:
             logger.warning(
                 "resuming with batch size %s (checkpoint: %s): the batch order will differ from the original run",
@@ -929,6 +934,56 @@ def _make_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
         return torch.optim.Adam(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
     fused = {"fused": True} if args.optim == "adamw_torch_fused" else {}  # adamw is Transformers' adamw_torch
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon, **fused)
+
+
+_RETUNED = ("lr", "weight_decay", "betas", "eps", "momentum")  # the optimizer settings a resumed run may change
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> list[dict[str, Any]]:
+    """Each param group's settings a resumed run may change; its `lr` is the schedule's base rate (the rate it
+    scales) when a schedule is given and has one, else the group's rate now (a fresh optimizer's is its base)."""
+    base = getattr(scheduler, "base_lrs", None)
+    return [
+        {**{k: group[k] for k in _RETUNED if k in group}, **({"lr": base[i]} if base else {})}
+        for i, group in enumerate(optimizer.param_groups)
+    ]
+
+
+def _optimizer_settings_changed(
+    previous: dict[str, Any],
+    args: TrainingArguments,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    settings: list[dict[str, Any]],
+) -> bool:
+    """Whether this run's optimizer settings differ from those of the checkpoint's run: by its TrainingArguments
+    where it saved them (a plain resume never touches the restored optimizer, so it stays bitwise exact), else by
+    the restored optimizer's groups."""
+    if previous:
+        return any(previous.get(name) != getattr(args, name) for name in _OPTIMIZER_FIELDS)
+    return _hyperparameters(optimizer, scheduler) != settings
+
+
+_OPTIMIZER_FIELDS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "momentum")
+
+
+def _retune(optimizer: torch.optim.Optimizer, scheduler: Any, fresh: list[dict[str, Any]], *, previous_lr: Any) -> None:
+    """Put this run's settings (`fresh`) into an optimizer and schedule restored from a checkpoint of another run
+    (PBT's explore step, or params changed by hand). The learning rate keeps the schedule's shape: the group's rate
+    is the new base rate times the schedule's factor at this step (warmup and decay go on where they were); under
+    ReduceLROnPlateau, which has no base rate, the rate is scaled by new / old learning rate."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    for index, (group, settings) in enumerate(zip(optimizer.param_groups, fresh, strict=True)):
+        for key, value in settings.items():
+            if key != "lr":
+                group[key] = value
+        if base_lrs is not None:
+            base_lrs[index] = group["initial_lr"] = settings["lr"]
+            group["lr"] = settings["lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        elif isinstance(previous_lr, (int, float)) and previous_lr > 0 and previous_lr != settings["lr"]:
+            group["lr"] = group["lr"] * settings["lr"] / previous_lr
+    if base_lrs is not None:
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, max_steps: int) -> Any:

@@ -2,8 +2,9 @@
 
 The report reads only `results.parquet` and `history.parquet`, so it works on a finished search, on one still
 running and on one that was killed (its trials left 'running' are drawn and labelled as such). It writes three
-PNGs next to the html (`learning_curves.png`, `params.png`, `best_so_far.png`) and embeds them in it as data
-URIs: the html can be mailed or attached alone, it loads nothing from the network.
+PNGs next to the html (`learning_curves.png`, `params.png`, `best_so_far.png`), and a fourth, `population.png`,
+when trials exploited others (Population Based Training), and embeds them in it as data URIs: the html can be
+mailed or attached alone, it loads nothing from the network.
 
 Figures are built as `matplotlib.figure.Figure` objects and never touch pyplot: that renders with Agg without
 calling `matplotlib.use` (which would switch the backend of a notebook that imports us) and leaves no figure
@@ -23,7 +24,14 @@ from tunetrain.errors import ConfigError
 from tunetrain.formatting import format_value
 from tunetrain.results import STATUSES, read_history, read_results
 from tunetrain.storage import experiment_location, is_file, is_uri, write_local_file
-from tunetrain.storage.layout import BEST_SO_FAR_PNG, CURVES_PNG, PARAMS_PNG, REPORT_NAME, RESULTS_NAME
+from tunetrain.storage.layout import (
+    BEST_SO_FAR_PNG,
+    CURVES_PNG,
+    PARAMS_PNG,
+    POPULATION_PNG,
+    REPORT_NAME,
+    RESULTS_NAME,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,6 +63,12 @@ _LEGEND_LABELS = {
     "running": "running (>: latest evaluation)",
 }
 _BEST_COLOR = "#000000"
+# the population figure's lineages: the ones most trials carry at the end get a color each, the rest share grey
+_LINEAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_OTHER_LINEAGES_COLOR = "#b0b0b0"
+# an exploit: a thin dashed line from the donor's point copied to the receiver's next one, and a diamond
+_CONNECTOR: dict[str, Any] = {"linewidth": 0.8, "linestyle": "--", "alpha": 0.8}
+_EXPLOIT_MARKER: dict[str, Any] = {"marker": "D", "markersize": 6, "markeredgecolor": "black"}
 
 
 class Curve(NamedTuple):
@@ -63,6 +77,42 @@ class Curve(NamedTuple):
     x: list[int]
     y: list[float]
     style: str
+
+
+class Segment(NamedTuple):
+    """A stretch of one trial's curve on weights of one lineage: training steps, metric values, and the lineage (the
+    id of the trial that trained those weights from step 0)."""
+
+    trial_id: str
+    lineage: str
+    x: list[int]
+    y: list[float]
+
+
+class Exploit(NamedTuple):
+    """One trial (the receiver) taking another's (the donor's) checkpoint, as PBT's exploit does.
+
+    `lineage` is the donor's as of `donor_step`: what the receiver carries on. `donor_value` is the donor's metric
+    at its latest evaluation at or before `donor_step` (NaN when it had none); `step` and `value` are the
+    receiver's first evaluation after the exploit.
+    """
+
+    receiver: str
+    donor: str
+    lineage: str
+    donor_step: int
+    donor_value: float
+    step: int
+    value: float
+
+
+class Population(NamedTuple):
+    """What `population.png` draws: every trial's segments (trial order, then time), the exploits in the order
+    they happened, and the lineages' roots, the one most trials carry at the end first."""
+
+    segments: list[Segment]
+    exploits: list[Exploit]
+    lineages: list[str]
 
 
 # ---------------------------------------------------------------------- public API
@@ -76,7 +126,9 @@ def summary_text(experiment_dir: str | Path, top_k: int = 10) -> str:
 
 
 def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = None, top_k: int = 10) -> Path:
-    """Write `report.html` and its three PNGs into `out_dir` (default: the experiment dir); return the html path.
+    """Write `report.html` and its PNGs into `out_dir` (default: the experiment dir); return the html path.
+
+    The PNGs: learning curves, params and best so far, and the population when some trial exploited another (PBT).
 
     Raises `ConfigError` when the experiment dir does not exist, holds no `results.parquet`, or has no trial
     with a finite value of the search metric yet, or `top_k` is below 1.
@@ -87,11 +139,11 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} is in remote storage: give --out, a local dir")
     out = Path(out_dir) if out_dir is not None else Path(experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = {
-        CURVES_PNG: _save(_curves_figure(result, history), out / CURVES_PNG),
-        PARAMS_PNG: _save(_params_figure(result, _log_params(experiment_dir)), out / PARAMS_PNG),
-        BEST_SO_FAR_PNG: _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG),
-    }
+    images = {CURVES_PNG: _save(_curves_figure(result, history), out / CURVES_PNG)}
+    if has_exploits(result, history):
+        images[POPULATION_PNG] = _save(_population_figure(result, history), out / POPULATION_PNG)
+    images[PARAMS_PNG] = _save(_params_figure(result, _log_params(experiment_dir)), out / PARAMS_PNG)
+    images[BEST_SO_FAR_PNG] = _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG)
     page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
     path = out / REPORT_NAME
     # written whole: a browser reloading the report of a running search never sees half a page
@@ -157,6 +209,69 @@ def best_so_far_data(result: SearchResult, history: list[dict[str, Any]]) -> tup
             best = value
         ys.append(best)
     return list(range(1, len(ys) + 1)), ys
+
+
+def has_exploits(result: SearchResult, history: list[dict[str, Any]]) -> bool:
+    """Whether some trial took another's checkpoint (PBT): a trial's `parent` list or a history row's `parent`."""
+    return any(t.parent for t in result.trials) or any(row.get("parent") for row in history)
+
+
+def population_data(result: SearchResult, history: list[dict[str, Any]]) -> Population:
+    """Every trial's metric against its training step, cut into segments by the lineage of the weights it carries.
+
+    A trial carries its own lineage until its first exploit; from an exploit on, the donor's lineage as of the
+    step it copied (a donor that had itself exploited passes on what it took). Evaluations are taken in the order
+    they finished, so a donor's lineage is known when a trial takes its checkpoint. A missing metric is NaN.
+    """
+    carried: dict[str, list[tuple[int, str, float]]] = {}  # trial id -> (step, lineage, metric) of its evaluations
+    segments: dict[str, list[Segment]] = {}
+    exploits = []
+    for row in _in_order(result, history):
+        trial_id, step, value = row["trial_id"], int(row["step"] or 0), _metric(row)
+        so_far = carried.setdefault(trial_id, [])
+        exploit = _exploit(row, carried) if row.get("parent") else None
+        if exploit is not None:
+            exploits.append(exploit)
+        lineage = exploit.lineage if exploit else (so_far[-1][1] if so_far else trial_id)
+        so_far.append((step, lineage, value))
+        trial_segments = segments.setdefault(trial_id, [])
+        if exploit is not None or not trial_segments:
+            trial_segments.append(Segment(trial_id, lineage, [], []))
+        trial_segments[-1].x.append(step)
+        trial_segments[-1].y.append(value)
+    ordered = [s for t in sorted(result.trials, key=lambda t: t.number) for s in segments.get(t.trial_id, [])]
+    return Population(ordered, exploits, _lineages_by_carriers(result, carried))
+
+
+def _exploit(row: dict[str, Any], carried: dict[str, list[tuple[int, str, float]]]) -> Exploit:
+    """The exploit a trial's first evaluation after it (`row`) records, its donor's evaluations so far in `carried`."""
+    donor, donor_step = row["parent"], row.get("parent_step")
+    at = _latest_at_or_before(carried.get(donor, []), donor_step)
+    lineage, donor_value = (at[1], at[2]) if at else (donor, math.nan)  # a donor not seen yet: its own weights
+    if donor_step is None:
+        donor_step = at[0] if at else int(row["step"] or 0)
+    return Exploit(row["trial_id"], donor, lineage, int(donor_step), donor_value, int(row["step"] or 0), _metric(row))
+
+
+def _latest_at_or_before(evaluations: list[tuple[int, str, float]], step: int | None) -> tuple[int, str, float] | None:
+    """The latest of a trial's evaluations at or before `step` (any step when None): the weights a copy took."""
+    return next((e for e in reversed(evaluations) if step is None or e[0] <= step), None)
+
+
+def _lineages_by_carriers(result: SearchResult, carried: dict[str, list[tuple[int, str, float]]]) -> list[str]:
+    """The lineages' roots, the one carried by most trials' latest evaluation first, then in trial order."""
+    number = {t.trial_id: t.number for t in result.trials}
+    latest = [evaluations[-1][1] for evaluations in carried.values() if evaluations]
+    roots = {lineage for evaluations in carried.values() for _, lineage, _ in evaluations}
+    return sorted(roots, key=lambda root: (-latest.count(root), number.get(root, math.inf), root))
+
+
+def lineage_colors(lineages: list[str]) -> dict[str, str]:
+    """A color per lineage root: the first ones in `lineages` a color each, all after them one grey."""
+    return {
+        root: _LINEAGE_COLORS[i] if i < len(_LINEAGE_COLORS) else _OTHER_LINEAGES_COLOR
+        for i, root in enumerate(lineages)
+    }
 
 
 # ---------------------------------------------------------------------- loading
@@ -266,6 +381,52 @@ def _status_legend(ax: Axes, styles: set[str]) -> None:
         if style in styles:
             handles.append(Line2D([], [], label=_LEGEND_LABELS[style], **_LINE_STYLES[style]))
     ax.legend(handles=handles, loc="best", fontsize=9)
+
+
+def _population_figure(result: SearchResult, history: list[dict[str, Any]]) -> Figure:
+    fig = _figure(10, 5.6)
+    ax = fig.add_subplot()
+    population = population_data(result, history)
+    colors = lineage_colors(population.lineages)
+    for segment in sorted(population.segments, key=lambda s: colors[s.lineage] != _OTHER_LINEAGES_COLOR):
+        _draw_segment(ax, segment, colors[segment.lineage])  # grey first: the colored lineages stay on top
+    for exploit in population.exploits:
+        _draw_exploit(ax, exploit, colors[exploit.lineage])
+    _lineage_legend(ax, population.lineages, colors)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(result.metric)
+    ax.set_title(
+        f"population: {len(population.lineages)} lineages, {len(population.exploits)} exploits "
+        f"({_direction(result.mode)})"
+    )
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _draw_segment(ax: Axes, segment: Segment, color: str) -> None:
+    # the dots: a segment of one evaluation (a trial stopped right after an exploit) is still drawn
+    ax.plot(segment.x, segment.y, color=color, linewidth=1.3, alpha=0.9, marker="o", markersize=2.5)
+
+
+def _draw_exploit(ax: Axes, exploit: Exploit, color: str) -> None:
+    """A diamond at (donor step, the receiver's first metric after it), and a thin dashed line from the donor's
+    point it copied to that first evaluation."""
+    ax.plot([exploit.donor_step, exploit.step], [exploit.donor_value, exploit.value], color=color, **_CONNECTOR)
+    ax.plot([exploit.donor_step], [exploit.value], color=color, linestyle="none", zorder=5, **_EXPLOIT_MARKER)
+
+
+def _lineage_legend(ax: Axes, lineages: list[str], colors: dict[str, str]) -> None:
+    """An entry per colored lineage, named by its root trial; one for the grey rest; and the exploit's marks."""
+    from matplotlib.lines import Line2D
+
+    shown = lineages[: len(_LINEAGE_COLORS)]
+    handles = [Line2D([], [], color=colors[root], linewidth=1.6, label=f"{root}'s lineage") for root in shown]
+    if len(lineages) > len(shown):
+        label = f"{len(lineages) - len(shown)} other lineage(s)"
+        handles.append(Line2D([], [], color=_OTHER_LINEAGES_COLOR, linewidth=1.6, label=label))
+    label = "exploit: a trial takes another's checkpoint"
+    handles.append(Line2D([], [], color="#555555", label=label, **_CONNECTOR, **_EXPLOIT_MARKER))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="lineage (root trial)")
 
 
 def _params_figure(result: SearchResult, log_params: set[str] = frozenset()) -> Figure:
@@ -414,7 +575,16 @@ def _top_table_html(result: SearchResult, top_k: int) -> str:
     return '<table class="top">\n' + "\n".join(rows) + "\n</table>"
 
 
+_FIGURE_TITLES = {
+    CURVES_PNG: "Learning curves",
+    POPULATION_PNG: "Population",
+    PARAMS_PNG: "Params",
+    BEST_SO_FAR_PNG: "Best so far",
+}
+
+
 def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
+    """A figure per image, in the order of `images`."""
     captions = {
         CURVES_PNG: f"Learning curves: {result.metric} at each evaluation of every trial. Trials pruned, "
         "stopped_early or timed_out are lighter and end in an x at their last evaluation; errored trials are "
@@ -425,9 +595,16 @@ def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
         "and params whose values span more than two decades, are on a log axis. The star is the best trial.",
         BEST_SO_FAR_PNG: f"Best {result.metric} found so far against the evaluations run by all trials together, "
         "in the order they finished (the compute spent); grey dots are single evaluations.",
+        POPULATION_PNG: f"Population: {result.metric} against the training step of every trial, colored by the "
+        "lineage of the weights it carries, named by the trial that trained them from step 0: its own until it "
+        "takes another trial's checkpoint (an exploit), then that trial's lineage as of the step it copied. A "
+        "diamond marks each exploit at the copied step and the trial's first evaluation after it; a dashed line "
+        f"joins the copied point to that evaluation. Lineages past the {len(_LINEAGE_COLORS)} that most trials "
+        "carry at the end are grey.",
     }
     parts = []
-    for file_name, title in ((CURVES_PNG, "Learning curves"), (PARAMS_PNG, "Params"), (BEST_SO_FAR_PNG, "Best so far")):
+    for file_name in images:
+        title = _FIGURE_TITLES[file_name]
         data = base64.b64encode(images[file_name]).decode("ascii")
         parts.append(
             f'<h2>{_e(title)}</h2>\n<figure><img src="data:image/png;base64,{data}" alt="{_e(title)}">'
@@ -461,6 +638,11 @@ def _header_line(result: SearchResult) -> str:
 
 def _style(trial: TrialRecord) -> str:
     return STYLE_OF_STATUS.get(trial.status, "running")
+
+
+def _metric(row: dict[str, Any]) -> float:
+    """A history row's value of the search metric; NaN where it has none."""
+    return math.nan if row["metric"] is None else row["metric"]
 
 
 def _better(value: float, than: float, mode: str) -> bool:

@@ -62,6 +62,9 @@ class TrialRecord:
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     num_processes: int = 1  # the data-parallel world size the trial trained with
+    # PBT: the exploits that made the trial what it is, oldest first: {trial_id: the donor, step: the donor's step
+    # copied, evaluation: the trial's evaluations when it happened}; None for a trial never exploited
+    parent: list[dict[str, Any]] | None = None
     _experiment_dir: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -130,7 +133,8 @@ class SearchResult:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
         return "\n".join(lines)
 
-    def summary_line(self, total: int | None = None) -> str:
+    def summary_line(self, total: int | None = None, *, paused: int = 0) -> str:
+        """ "N/total done (by status), M running; best ...": `paused` of the running trials wait, paused."""
         counts = self.counts()
         finished = len(self.trials) - counts["running"]
         done = f"{finished}/{total}" if total else str(finished)
@@ -138,7 +142,8 @@ class SearchResult:
         best_text = f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
         # each status by its own name, as the table and the report show it
         ended = ", ".join(f"{counts[status]} {status}" for status in STATUSES if status != "running" and counts[status])
-        return f"{done} done{f' ({ended})' if ended else ''}, {counts['running']} running; {best_text}"
+        running = f"{counts['running']} running" + (f" ({paused} of them paused)" if paused else "")
+        return f"{done} done{f' ({ended})' if ended else ''}, {running}; {best_text}"
 
 
 class ResultsBook:
@@ -178,14 +183,24 @@ class ResultsBook:
         self._dirty = True
         return record
 
-    def report(self, trial_id: str, metrics: dict[str, Any], *, checkpoint: str | None = None) -> None:
-        """One evaluation of a trial. `metrics` holds the search metric, `evaluation` and `step`."""
+    def report(
+        self,
+        trial_id: str,
+        metrics: dict[str, Any],
+        *,
+        checkpoint: str | None = None,
+        params: dict[str, Any] | None = None,
+        parent: tuple[str, int] | None = None,
+    ) -> None:
+        """One evaluation of a trial. `metrics` holds the search metric, `evaluation` and `step`; `params`: those in
+        force (PBT changes them), `parent`: (donor, its step) on the first evaluation after an exploit (PBT)."""
         record = self.trials[trial_id]
         value = parse_float(metrics.get(self.metric), strings=True)  # NaN stays: the trial reported it
         evaluation = int(metrics.get("evaluation", record.evaluations + 1))
-        # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest
-        if evaluation <= self._last_evaluation.get(trial_id, 0):  # rare: look through the history only then
-            self._drop_rows(lambda h: h["trial_id"] == trial_id and h["evaluation"] >= evaluation)
+        # a trial resumed from a checkpoint reports its evaluations after the checkpoint again: keep the newest.
+        # After an exploit the trial goes on from the donor's count: the evaluations it trained before stand
+        if parent is None and evaluation <= self._last_evaluation.get(trial_id, 0):  # rare: look only then
+            parent = self._drop_repeated(trial_id, evaluation)
         self._last_evaluation[trial_id] = evaluation
         self._add_row(
             {
@@ -196,6 +211,9 @@ class ResultsBook:
                 "metric": value,
                 "time_s": time.time() - record.started_at,
                 "metrics": json.dumps({k: v for k, v in metrics.items() if _is_scalar(v)}, default=str),
+                "params": None if params is None else json.dumps(params, sort_keys=True, default=str),
+                "parent": None if parent is None else parent[0],
+                "parent_step": None if parent is None else int(parent[1]),
             }
         )
         record.evaluations = evaluation
@@ -208,6 +226,27 @@ class ResultsBook:
                 record.best_checkpoint = checkpoint
         self._dirty = True
         self.flush()
+
+    def rebase(
+        self,
+        trial_id: str,
+        *,
+        params: dict[str, Any],
+        exploits: list[dict[str, Any]],
+        best_metric: float | None,
+        best_step: int | None,
+        best_checkpoint: str | None,
+    ) -> None:
+        """After an exploit (PBT) the trial carries the donor's lineage: its params are those in force now, and its
+        best is that lineage's best (the loop's own tracking, carried in the checkpoint), not the best of the
+        evaluations it trained before."""
+        record = self.trials[trial_id]
+        record.params = dict(params)
+        record.parent = [dict(exploit) for exploit in exploits]
+        record.best_metric = parse_float(best_metric, strings=True)
+        record.best_step = best_step
+        record.best_checkpoint = best_checkpoint
+        self._dirty = True
 
     def last_evaluation(self, trial_id: str) -> int:
         """The trial's latest evaluation recorded (0 for none)."""
@@ -239,9 +278,21 @@ class ResultsBook:
         self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
         for row in final["history"]:
             self._add_row(row)
-        self._last_evaluation[record.trial_id] = max((h["evaluation"] for h in final["history"]), default=0)
+        self._last_evaluation[record.trial_id] = final["history"][-1]["evaluation"] if final["history"] else 0
         self._dirty = True
         self.flush(force=True)
+
+    def _drop_repeated(self, trial_id: str, evaluation: int) -> tuple[str, int] | None:
+        """Drop the trial's rows from `evaluation` on, as a resumed trial reports them again, but only those since
+        its latest exploit (PBT): the ones before were trained on other weights and stand. Returns the exploit
+        (donor, step) of a dropped row that said where it came from, for the row that replaces it."""
+        rows = self._rows.get(trial_id, [])
+        since = max((index for index, row in enumerate(rows) if row.get("parent")), default=0)
+        doomed = {id(row) for row in rows[since:] if row["evaluation"] >= evaluation}
+        carried = next(((row["parent"], row["parent_step"]) for row in rows if id(row) in doomed and row.get("parent")),
+                       None)  # fmt: skip
+        self._drop_rows(lambda h: id(h) in doomed)
+        return carried
 
     def _add_row(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -263,8 +314,9 @@ class ResultsBook:
         self.history = []
         for row in _read_rows(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}"):
             self._add_row(row)
-            trial_id = row["trial_id"]
-            self._last_evaluation[trial_id] = max(self._last_evaluation.get(trial_id, 0), row["evaluation"])
+            # rows are in the order they were reported: a trial's latest is its last (after a PBT exploit its count
+            # may have gone back to the donor's)
+            self._last_evaluation[row["trial_id"]] = row["evaluation"]
 
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -392,6 +444,7 @@ def _schemas() -> tuple[Any, Any]:
             ("started_at", pa.float64()),
             ("ended_at", pa.float64()),
             ("num_processes", pa.int64()),
+            ("parent", pa.string()),  # JSON: the trial's exploits under PBT (see TrialRecord.parent)
         ]
     )
     history = pa.schema(
@@ -403,6 +456,9 @@ def _schemas() -> tuple[Any, Any]:
             ("metric", pa.float64()),
             ("time_s", pa.float64()),
             ("metrics", pa.string()),
+            ("params", pa.string()),  # JSON: the params in force at this evaluation (PBT changes them)
+            ("parent", pa.string()),  # PBT: the donor, on a trial's first evaluation after an exploit
+            ("parent_step", pa.int64()),  # and the donor's step it went on from
         ]
     )
     return results, history
@@ -412,6 +468,7 @@ def _record_row(record: TrialRecord) -> dict[str, Any]:
     row = asdict(record)
     row.pop("_experiment_dir")
     row["params"] = json.dumps(record.params, sort_keys=True, default=str)
+    row["parent"] = None if record.parent is None else json.dumps(record.parent, sort_keys=True)
     return row
 
 
@@ -420,6 +477,7 @@ def _row_record(row: dict[str, Any], location: str) -> TrialRecord:
     row = dict(row)
     row["params"] = json.loads(row["params"] or "{}")
     row["num_processes"] = row.get("num_processes") or 1  # results written before it was recorded
+    row["parent"] = json.loads(row["parent"]) if row.get("parent") else None
     row["best_checkpoint"] = _resolved_checkpoint(row.get("best_checkpoint"), location)
     return TrialRecord(**row)
 

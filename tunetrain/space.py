@@ -105,6 +105,10 @@ class FloatParam:
             return self._snapped(math.exp((math.log(self.low) + math.log(self.high)) / 2))
         return self._snapped(self.low / 2 + self.high / 2)  # halves first: low + high can overflow
 
+    def nearest(self, value: float) -> float:
+        """The value of the range (and of the step grid, if any) nearest to `value`."""
+        return self._snapped(value)
+
     def _snapped(self, middle: float) -> float:
         middle = min(max(middle, self.low), self.high)
         if self.step is None:
@@ -179,6 +183,11 @@ class IntParam:
         middle = _nearest_integer_sqrt(self.low * self.high) if self.log else (self.low + self.high) // 2
         steps = min((middle - self.low + self.step // 2) // self.step, (self.high - self.low) // self.step)
         return self.low + steps * self.step
+
+    def nearest(self, value: float) -> int:
+        """The value of the range and the step grid nearest to `value`."""
+        steps = round((min(max(value, self.low), self.high) - self.low) / self.step)
+        return self.low + min(steps, (self._grid_high() - self.low) // self.step) * self.step
 
     def grid_size(self) -> int:
         """How many values the step grid has."""

@@ -7,7 +7,8 @@ storage/NAME/                      an experiment dir (`ExperimentDir`)
   results.parquet                  a row per trial
   history.parquet                  a row per evaluation
   optuna.journal                   the study (optuna backend), or a mirror of it (ray backend, local storage)
-  trials/<trial id>/               a trial's output dir: its checkpoints, and ended.json once it ended for good
+  trials/<trial id>/               a trial's output dir: its checkpoints, and ended.json once it ended for good;
+                                   under PBT lineage.json, and exploit/ while a copied checkpoint waits for it
   tensorboard/<trial id>/          its TensorBoard events
   report.html, *.png               `tunetrain report`'s page and figures
   experiment_state-*.json, ...     Ray's own state of the search (ray backend), and trial_<id>/ its token checkpoints
@@ -41,10 +42,14 @@ JOURNAL_NAME = "optuna.journal"
 TRIALS_DIR = "trials"
 TENSORBOARD_DIR = "tensorboard"
 ENDED_NAME = "ended.json"  # in a trial's dir, written by the driver when the trial has ended for good
+LINEAGE_NAME = "lineage.json"  # in a trial's dir (PBT): the params in force from each step, and who trained them
+EXPLOIT_DIR = "exploit"  # in a trial's dir (PBT): checkpoints copied from another trial, not yet taken up
+EXPLOIT_NAME = "exploit.json"  # in EXPLOIT_DIR, written last: the copy is whole, and what the trial takes up
 REPORT_NAME = "report.html"  # `tunetrain report`'s page and its figures
 CURVES_PNG = "learning_curves.png"
 PARAMS_PNG = "params.png"
 BEST_SO_FAR_PNG = "best_so_far.png"
+POPULATION_PNG = "population.png"  # only for a search whose trials exploited others (PBT)
 RAY_BACKUP_DIR = "ray-state-backup"
 SEALED_NAME = "sealed.json"  # in RAY_BACKUP_DIR: Ray's state, sealed with the user's key (see storage.signing)
 SET_ASIDE_DIR = "set-aside"  # in RAY_BACKUP_DIR: files of Ray's a resume moved out of its way, unread

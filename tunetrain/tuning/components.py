@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
     from tunetrain.space import SearchSpace
+    from tunetrain.storage import ExperimentDir
     from tunetrain.tuning.config import SearchConfig
     from tunetrain.tuning.ray.search_state import SearchState
 
@@ -154,37 +155,75 @@ def _no_pruner(config: SearchConfig) -> BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _ray_asha(config: SearchConfig, max_t: int | None, search_state: SearchState) -> Any:
-    from tunetrain.tuning.ray.protocol import EVALUATION, OBJECTIVE
-    from tunetrain.tuning.ray.schedulers import EarlyStopRecordingASHA
+@dataclass(frozen=True)
+class RaySchedulerInputs:
+    """What a Ray scheduler may need besides the config: the last rung (`max_t`), the state it shares with the
+    searcher and the bookkeeper, the space (PBT perturbs params within it), the experiment dir (PBT copies
+    checkpoints between trial dirs) and the number of trials the search runs (a pausing ASHA ends when all have
+    started)."""
 
-    return EarlyStopRecordingASHA(
-        search_state,
-        time_attr=EVALUATION,  # rungs count evaluations, which a resumed trial continues
-        metric=OBJECTIVE,
+    max_t: int | None
+    search_state: SearchState
+    space: SearchSpace | None = None
+    exp_dir: ExperimentDir | None = None
+    num_samples: int | None = None
+
+
+def _ray_asha(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
+    from tunetrain.tuning.ray.protocol import EVALUATION, OBJECTIVE
+    from tunetrain.tuning.ray.schedulers import EarlyStopRecordingASHA, PromotingASHA
+
+    scheduler = config.scheduler
+    common = {"metric": OBJECTIVE, "mode": config.mode, "max_t": inputs.max_t,
+              "grace_period": scheduler.grace_period, "reduction_factor": scheduler.reduction_factor}  # fmt: skip
+    if scheduler.promote:
+        return PromotingASHA(inputs.search_state, num_samples=inputs.num_samples, **common)
+    # rungs count evaluations, which a resumed trial continues
+    return EarlyStopRecordingASHA(inputs.search_state, time_attr=EVALUATION, **common)
+
+
+def _ray_pbt(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
+    from tunetrain.tuning.explore import pbt_mutations
+    from tunetrain.tuning.ray.schedulers import ExactPBT
+
+    scheduler = config.scheduler
+    return ExactPBT(
+        inputs.search_state,
+        space=inputs.space,
+        mutations=pbt_mutations(scheduler, inputs.space),
+        exp_dir=inputs.exp_dir,
         mode=config.mode,
-        max_t=max_t,
-        grace_period=config.scheduler.grace_period,
-        reduction_factor=config.scheduler.reduction_factor,
+        seed=config.seed,
+        perturbation_interval=scheduler.perturbation_interval,
+        burn_in_period=scheduler.burn_in_period,
+        quantile_fraction=scheduler.quantile_fraction,
+        resample_probability=scheduler.resample_probability,
     )
 
 
-def _ray_fifo(config: SearchConfig, max_t: int | None, search_state: SearchState) -> Any:
+def _ray_fifo(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
     return None  # Ray's FIFOScheduler: every trial runs its whole budget
+
+
+def _ray_only(config: SearchConfig) -> BasePruner:
+    raise ConfigError(  # SearchConfig refuses it first; this is the last word for a config built by hand
+        f"`search.scheduler.type` is {config.scheduler.type}, which only the ray backend runs: use backend: ray"
+    )
 
 
 @dataclass(frozen=True)
 class Scheduler:
-    """One way to stop trials early, on each backend. `uses_max_t`: it needs the last rung (max_t), computed from the
-    run's budget when the file does not set it."""
+    """One way to stop (or pause, or change) trials, on each backend. `uses_max_t`: it needs the last rung (max_t),
+    computed from the run's budget when the file does not set it."""
 
     optuna_pruner: Callable[[SearchConfig], BasePruner]
-    ray_scheduler: Callable[[SearchConfig, int | None, SearchState], Any]
+    ray_scheduler: Callable[[SearchConfig, RaySchedulerInputs], Any]
     uses_max_t: bool
 
 
 SCHEDULERS: dict[str, Scheduler] = {
     "asha": Scheduler(optuna_pruner=_successive_halving, ray_scheduler=_ray_asha, uses_max_t=True),
+    "pbt": Scheduler(optuna_pruner=_ray_only, ray_scheduler=_ray_pbt, uses_max_t=False),
     "none": Scheduler(optuna_pruner=_no_pruner, ray_scheduler=_ray_fifo, uses_max_t=False),
 }
 
@@ -195,6 +234,23 @@ def make_pruner(config: SearchConfig) -> BasePruner:
     return SCHEDULERS[config.scheduler.type].optuna_pruner(config)
 
 
-def make_ray_scheduler(config: SearchConfig, *, max_t: int | None, search_state: SearchState) -> Any:
-    """The Ray Tune scheduler of `config.scheduler` (ray backend), or None for Ray's default."""
-    return SCHEDULERS[config.scheduler.type].ray_scheduler(config, max_t, search_state)
+def make_ray_scheduler(
+    config: SearchConfig,
+    *,
+    max_t: int | None,
+    search_state: SearchState,
+    space: SearchSpace | None = None,
+    exp_dir: ExperimentDir | None = None,
+    num_samples: int | None = None,
+) -> Any:
+    """The Ray Tune scheduler of `config.scheduler` (ray backend), or None for Ray's default (FIFO). asha is Ray's
+    ASHAScheduler, or with `promote` tunetrain's `PromotingASHA` (trials pause at rungs); pbt is `ExactPBT`
+    (which needs the space and the experiment dir)."""
+    inputs = RaySchedulerInputs(max_t, search_state, space, exp_dir, num_samples)
+    return SCHEDULERS[config.scheduler.type].ray_scheduler(config, inputs)
+
+
+def pauses_trials(config: SearchConfig) -> bool:
+    """Whether the scheduler pauses trials and resumes them later (PBT, a promoting ASHA): a paused trial holds no
+    resources, so it must not hold a place among the trials running at once either."""
+    return config.scheduler.type == "pbt" or (config.scheduler.type == "asha" and config.scheduler.promote)

@@ -36,11 +36,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.args import CHANGEABLE_ON_RESUME, field_names
 from tunetrain.errors import ConfigError
 from tunetrain.formatting import did_you_mean, show_value
 from tunetrain.parsing import parse_float, parse_int
 from tunetrain.tuning import components
 from tunetrain.tuning.components import grid_problem
+from tunetrain.tuning.explore import pbt_mutations, with_dependents
 
 if TYPE_CHECKING:
     from tunetrain.args import TrainingArguments
@@ -62,18 +64,37 @@ _INVALID = object()  # a value that failed its check (the problem is already app
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulerConfig:
-    """When to stop a trial early, counted in evaluations (each evaluation is one report to Ray Tune / Optuna).
+    """When to stop, pause or change a trial, counted in evaluations (each evaluation is one report to Ray Tune /
+    Optuna).
 
-    `type`: asha (Ray's ASHAScheduler; Optuna's SuccessiveHalvingPruner on the optuna backend) or none.
-    `grace_period` (default 1): evaluations before a trial can be stopped. `reduction_factor` (default 3, >= 2): the
-    fraction 1/reduction_factor of trials that goes on at each rung. `max_t` (default: the run's budget in
-    evaluations, see `resolved_max_t`): the last rung; Ray's ASHA also ends every trial there.
+    `type`:
+    - asha (Ray's ASHAScheduler; Optuna's SuccessiveHalvingPruner on the optuna backend). `grace_period` (default
+      1): evaluations before a trial can be stopped. `reduction_factor` (default 3, >= 2): the fraction
+      1/reduction_factor of trials that goes on at each rung. `max_t` (default: the run's budget in evaluations, see
+      `resolved_max_t`): the last rung; Ray's ASHA also ends every trial there. `promote` (default false; ray
+      backend): trials pause at each rung instead of going on, and a paused trial is resumed from its checkpoint
+      when it ranks in the top 1/reduction_factor of its rung (ASHA's promotions); the trials left paused at the
+      end are pruned.
+    - pbt (Population Based Training, ray backend): every `perturbation_interval` evaluations (default 2; none
+      before `burn_in_period`, default 0) a trial in the bottom `quantile_fraction` (default 0.25, in (0, 0.5]) of
+      the population by its latest evaluation takes the checkpoint of one in the top fraction (exploit) and
+      continues from it with that trial's params perturbed (explore): each param of `hyperparam_mutations` is
+      resampled from the space with `resample_probability` (default 0.25), else a number is multiplied by 0.8 or
+      1.2 (clipped to its range). `hyperparam_mutations`: names of space params a running trial can change
+      (default: those of the space that are optimizer settings, `args.CHANGEABLE_ON_RESUME`).
+    - none: every trial trains its whole budget.
     """
 
     type: str = "asha"
     grace_period: int = 1
     reduction_factor: float = 3
     max_t: int | None = None
+    promote: bool = False
+    perturbation_interval: int = 2
+    burn_in_period: int = 0
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    hyperparam_mutations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -98,10 +119,23 @@ class SchedulerConfig:
         return budget_evaluations
 
     def to_dict(self) -> str | dict[str, Any]:
-        """`none`, or the full mapping, as `SearchConfig.from_dict` reads it back."""
+        """`none`, or the type and the keys that apply to it, as `SearchConfig.from_dict` reads them back."""
         if self.type == "none":
             return "none"
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out: dict[str, Any] = {"type": self.type}
+        for name in _SCHEDULER_KEYS[self.type]:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+# the keys of `search.scheduler` that apply to each type (any other must keep its default)
+_SCHEDULER_KEYS = {
+    "asha": ("grace_period", "reduction_factor", "max_t", "promote"),
+    "pbt": ("perturbation_interval", "burn_in_period", "quantile_fraction", "resample_probability",
+            "hyperparam_mutations"),
+    "none": (),
+}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +263,7 @@ class SearchConfig:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(SearchConfig))
 _SCHEDULER_FIELDS = tuple(f.name for f in dataclasses.fields(SchedulerConfig))
+_SCHEDULER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SchedulerConfig) if f.name != "type"}
 _RESOURCE_FIELDS = ("cpu", "gpu", "workers")
 
 
@@ -289,23 +324,66 @@ def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> d
 
 def _scheduler_values(raw: Mapping[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
     count_before = len(problems)
+    defaults = _SCHEDULER_DEFAULTS
+    given = {key: raw.get(key, defaults[key]) for key in defaults}
     values = {
         "type": _scheduler_type(raw.get("type"), f"{path}.type", problems),
-        "grace_period": _integer(raw.get("grace_period", 1), f"{path}.grace_period", problems, minimum=1),
-        "reduction_factor": _number(raw.get("reduction_factor", 3), f"{path}.reduction_factor", problems, minimum=2),
-        "max_t": None if raw.get("max_t") is None else _integer(raw["max_t"], f"{path}.max_t", problems, minimum=1),
+        "grace_period": _integer(given["grace_period"], f"{path}.grace_period", problems, minimum=1),
+        "reduction_factor": _number(given["reduction_factor"], f"{path}.reduction_factor", problems, minimum=2),
+        "max_t": None if given["max_t"] is None else _integer(given["max_t"], f"{path}.max_t", problems, minimum=1),
+        "promote": _boolean(given["promote"], f"{path}.promote", problems),
+        "perturbation_interval": _integer(
+            given["perturbation_interval"], f"{path}.perturbation_interval", problems, minimum=1
+        ),
+        "burn_in_period": _integer(given["burn_in_period"], f"{path}.burn_in_period", problems, minimum=0),
+        "quantile_fraction": _fraction(
+            given["quantile_fraction"], f"{path}.quantile_fraction", problems, high=0.5, low_open=True
+        ),
+        "resample_probability": _fraction(given["resample_probability"], f"{path}.resample_probability", problems),
+        "hyperparam_mutations": _names(given["hyperparam_mutations"], f"{path}.hyperparam_mutations", problems),
     }
     if len(problems) > count_before:
         return values
-    if values["type"] == "none":
-        problems += [
-            f"`{path}.{key}` applies only to the asha scheduler, but type is none"
-            for key, default in (("grace_period", 1), ("reduction_factor", 3), ("max_t", None))
-            if values[key] != default
-        ]
-    elif values["max_t"] is not None and values["grace_period"] > values["max_t"]:
+    kind = values["type"]
+    for key, default in defaults.items():
+        if key not in _SCHEDULER_KEYS[kind] and values[key] != default:
+            owners = " or ".join(name for name, keys in _SCHEDULER_KEYS.items() if key in keys)
+            problems.append(f"`{path}.{key}` applies only to the {owners} scheduler, but type is {kind}")
+    if kind == "asha" and values["max_t"] is not None and values["grace_period"] > values["max_t"]:
         problems.append(f"`{path}.grace_period` is {values['grace_period']}, but must be <= max_t ({values['max_t']})")
     return values
+
+
+def _boolean(value: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(value, bool):
+        return value
+    problems.append(f"`{path}` is {show_value(value)}, but must be true or false")
+    return _INVALID
+
+
+def _fraction(value: Any, path: str, problems: list[str], *, high: float = 1.0, low_open: bool = False) -> Any:
+    """A number in [0, high] ((0, high] with `low_open`)."""
+    rule = f"must be in {'(' if low_open else '['}0, {high:g}]"
+    number = _number(value, path, problems, minimum=0, exclusive=low_open, rule=rule)
+    if number is not _INVALID and number > high:
+        problems.append(f"`{path}` is {show_value(value)}, but {rule}")
+        return _INVALID
+    return number
+
+
+def _names(value: Any, path: str, problems: list[str]) -> Any:
+    """A list of param names (checked against the space in `_conflicts`), as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name for name in value):
+        problems.append(f"`{path}` is {show_value(value)}, but must be a list of names of params of the space")
+        return _INVALID
+    if len(set(value)) != len(value):
+        problems.append(f"`{path}` names a param twice: {show_value(list(value))}")
+        return _INVALID
+    return tuple(value)
 
 
 def _resources_values(raw: Mapping[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
@@ -332,7 +410,7 @@ def _scheduler(value: Any, path: str, problems: list[str]) -> Any:
         return _INVALID if kind is _INVALID else SchedulerConfig(type=kind)
     if not isinstance(value, Mapping):
         problems.append(
-            f"`{path}` is {show_value(value)}, but must be asha, none, or a mapping such as "
+            f"`{path}` is {show_value(value)}, but must be asha, pbt, none, or a mapping such as "
             "{type: asha, grace_period: 1, reduction_factor: 3}"
         )
         return _INVALID
@@ -371,6 +449,13 @@ def _scheduler_type(value: Any, path: str, problems: list[str]) -> Any:
         return "asha"
     if value is False:  # YAML 1.1 reads a bare `no` (and `false`, `off`) as false
         return "none"
+    if value in ("hyperband", "sha", "successive_halving"):
+        problems.append(
+            f"`{path}` is {value!r}: successive halving that pauses trials at rungs and resumes the best is "
+            "{type: asha, promote: true} (asynchronous, with ASHA's promotions; Ray's synchronous HyperBand brackets "
+            "are not offered)"
+        )
+        return _INVALID
     return _choice(value, path, problems, SCHEDULERS)
 
 
@@ -506,12 +591,64 @@ def _conflicts(settings: Mapping[str, Any], space: SearchSpace, where: str) -> l
         )
     if valid.get("address") is not None and valid.get("backend") == "optuna":
         problems.append(f"`{where}.address` names a Ray cluster, but the backend is optuna (in-process): drop one")
+    scheduler = valid.get("scheduler")
+    if scheduler is not None:
+        problems += _scheduler_conflicts(scheduler, valid, space, where)
     resources = valid.get("resources_per_trial")
     if resources is not None and resources.workers > 1 and valid.get("backend") == "optuna":
         problems.append(
             f"`{where}.resources_per_trial.workers` is {resources.workers}, but the optuna backend trains each trial "
             "in this process: use backend: ray (Ray Train runs the workers), or workers: 1"
         )
+    return problems
+
+
+def _scheduler_conflicts(
+    scheduler: SchedulerConfig, valid: Mapping[str, Any], space: SearchSpace, where: str
+) -> list[str]:
+    """What a scheduler that pauses or changes trials gets wrong with the backend, the workers or the space."""
+    path = f"{where}.scheduler"
+    if scheduler.type == "pbt":
+        what, key = "moves checkpoints between trials and changes their params as they train", f"{path}.type` is pbt"
+    elif scheduler.type == "asha" and scheduler.promote:
+        what, key = "pauses trials and resumes them from their checkpoints", f"{path}.promote` is true"
+    else:
+        return []
+    problems = []
+    if valid.get("backend") == "optuna":
+        problems.append(f"`{key}, which {what}: only the ray backend does that (use backend: ray)")
+    resources = valid.get("resources_per_trial")
+    if resources is not None and resources.workers > 1:
+        problems.append(
+            f"`{key}, which {what}, but `{where}.resources_per_trial.workers` is {resources.workers}: a data-parallel "
+            "trial cannot be paused or moved yet; use workers: 1"
+        )
+    if scheduler.type == "pbt":
+        problems += _mutation_problems(scheduler, space, f"{path}.hyperparam_mutations")
+    return problems
+
+
+def _mutation_problems(scheduler: SchedulerConfig, space: SearchSpace, path: str) -> list[str]:
+    """Each mutated param must be a param of the space that a trial resumed from its checkpoint can take: an
+    optimizer setting (a model param is checked against the model's shape when the search starts)."""
+    names = pbt_mutations(scheduler, space)
+    if not names:
+        return [
+            f"`{path}` is empty, and the space has no param PBT can change by default "
+            f"({', '.join(CHANGEABLE_ON_RESUME)}): name the params to perturb"
+        ]
+    problems = []
+    for name in with_dependents(names, space):
+        if name not in space:
+            hint = did_you_mean(name, space.names)
+            problems.append(f"`{path}` names {name!r}, which is not a param of the space{hint}")
+        elif name in field_names() and name not in CHANGEABLE_ON_RESUME:
+            named = f"names {name!r}" if name in names else f"changes {name!r} (its `when:` names a mutated param)"
+            problems.append(
+                f"`{path}` {named}, which a trial cannot change as it trains (it changes the batches, the schedule's "
+                f"length or the optimizer's kind): PBT can change {', '.join(CHANGEABLE_ON_RESUME)} and model params "
+                "that keep the model's shape"
+            )
     return problems
 
 

@@ -25,13 +25,15 @@ import ray
 from ray import tune
 
 from tunetrain.errors import ConfigError
-from tunetrain.results import ResultsBook, read_results
+from tunetrain.results import ResultsBook, read_history, read_results
 from tunetrain.tuning.backend import Backend
-from tunetrain.tuning.components import make_ray_scheduler, make_sampler
+from tunetrain.tuning.components import make_ray_scheduler, make_sampler, pauses_trials
+from tunetrain.tuning.explore import check_mutations_keep_shape, pbt_mutations
 from tunetrain.tuning.ray import cluster, state
 from tunetrain.tuning.ray.data_parallel import COORDINATOR_MEMORY, data_parallel_trainable
 from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
 from tunetrain.tuning.ray.protocol import OBJECTIVE
+from tunetrain.tuning.ray.schedulers import ExactPBT, PromotingASHA
 from tunetrain.tuning.ray.sealed_fs import sealed_view
 from tunetrain.tuning.ray.search_state import SearchState
 from tunetrain.tuning.ray.worker import TrialSpec, run_trial
@@ -58,6 +60,9 @@ class RayBackend(Backend):
         """Start or join Ray and check that the search can run there; compute the scheduler's last rung."""
         # the budget may load the task: before Ray starts, so that a budget too small costs no start-up
         self.max_t = max_t_for(self.experiment, self.config)
+        if self.config.scheduler.type == "pbt":
+            mutations = pbt_mutations(self.config.scheduler, self.experiment.space)
+            check_mutations_keep_shape(self.experiment, mutations, "search.scheduler.hyperparam_mutations")
         self.started_ray = cluster.connect(self.config, self.exp_dir)
 
     def can_resume(self) -> bool:
@@ -81,6 +86,8 @@ class RayBackend(Backend):
         bookkeeper.tuner_state = tuner_state  # sealed with each of Ray's snapshots (see state)
         # a restored bookkeeper names where the search ran before: an experiment moved since lives here now
         bookkeeper.storage, bookkeeper.exp_path = self.config.storage, self.exp_dir.path
+        if resume:
+            self._restore_scheduler(tuner._local_tuner._tune_config.scheduler)
         fit_started = time.monotonic()
         tuner.fit()
         bookkeeper.seal()  # Ray's last snapshot, saved as fit ended (Ctrl-C included)
@@ -106,6 +113,16 @@ class RayBackend(Backend):
             raise KeyboardInterrupt(f"{running} trial(s) left running")
         searcher.mirror(finished=True)  # the journal's trials Ray's state lost told FAIL
         return result
+
+    def _restore_scheduler(self, scheduler: Any) -> None:
+        """A restored scheduler is the one the search was built with, as Ray pickled it then: it learns where the
+        experiment is now (PBT copies between its trial dirs) and what the history says (a pausing ASHA's rungs)."""
+        if isinstance(scheduler, ExactPBT):
+            scheduler.exp_dir = self.exp_dir
+        elif isinstance(scheduler, PromotingASHA):
+            result = read_results(self.exp_dir.path, filesystem=self.exp_dir.filesystem, missing_ok=True)
+            running = {t.trial_id for t in result.trials if t.status == "running"} if result else set()
+            scheduler.take_up_history(read_history(self.exp_dir.path, filesystem=self.exp_dir.filesystem), running)
 
     def _end_by_budget(self) -> SearchResult:
         """The time budget ran out (Tune stopped every trial, and told nobody): the search is finished, and the
@@ -169,6 +186,17 @@ class RayBackend(Backend):
 
     def _tune_config(self, search_state: SearchState) -> tune.TuneConfig:
         config, space = self.config, self.experiment.space
+        # a paused trial holds no resources: under a scheduler that pauses, the searcher counts the trials running
+        # (Tune's own limit counts paused ones too, and would wait for ever on trials paused at a rung). PBT's
+        # population is every trial at once: the resources decide how many of them train at a time
+        pausing = pauses_trials(config)
+        running_limit = self._concurrency() if pausing and config.scheduler.type != "pbt" else None
+        if config.scheduler.type == "pbt" and config.max_concurrent_trials < config.num_trials:
+            logger.info(
+                "PBT: the population is all %d trials at once (max_concurrent_trials, %d, is not used): the "
+                "resources decide how many train at a time, the others wait their turn", config.num_trials,
+                config.max_concurrent_trials,
+            )  # fmt: skip
         searcher = PrunedAwareOptunaSearch(
             search_state,
             space=space.define_by_run,
@@ -177,12 +205,17 @@ class RayBackend(Backend):
             sampler=make_sampler(config, space),
             points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
             journal=(self.exp_dir.path, self.experiment.name) if self.exp_dir.is_local else None,
+            running_limit=running_limit,
         )
+        scheduler = make_ray_scheduler(
+            config, max_t=self.max_t, search_state=search_state, space=space, exp_dir=self.exp_dir,
+            num_samples=self.num_samples(),
+        )  # fmt: skip
         return tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_ray_scheduler(config, max_t=self.max_t, search_state=search_state),
+            scheduler=scheduler,
             num_samples=self.num_samples(),
-            max_concurrent_trials=self._concurrency(),
+            max_concurrent_trials=None if pausing else self._concurrency(),
             time_budget_s=config.time_budget_s,
             # a data-parallel trial's actor owns its TorchTrainer: ended with the trial, so that its workers end too
             reuse_actors=config.resources_per_trial.workers == 1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,19 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells ASHA-stopped trials to Optuna as PRUNED, not COMPLETE with a low-fidelity value."""
 
     def __init__(
-        self, search_state: SearchState, *, journal: tuple[str, str] | None = None, **optuna_search: Any
+        self,
+        search_state: SearchState,
+        *,
+        journal: tuple[str, str] | None = None,
+        running_limit: int | None = None,
+        **optuna_search: Any,
     ) -> None:
         super().__init__(**optuna_search)
         self.search_state = search_state
+        # trials suggested and not complete; with `running_limit`, at most that many of them that are not paused
+        # (see set_max_concurrency)
+        self.running_limit = running_limit
+        self._live: set[str] = set()
         # the study mirrored into (experiment dir's optuna.journal path, study name), for optuna-dashboard; None: not
         # mirrored (remote storage). The study itself stays in memory, saved and restored with Ray's state: a
         # journal written as trials go runs ahead of what Ray restores after a kill
@@ -121,19 +131,31 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         super().save_to_dir(checkpoint_dir, session_str)
         self.search_state.snapshot = (checkpoint_dir, session_str)
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # True: Tune's ConcurrencyLimiter leaves the limit to this searcher, which counts only trials not paused
+        return self.running_limit is not None
+
     def suggest(self, trial_id: str) -> dict | None:
+        if self.running_limit is not None and len(self._live - self.search_state.paused) >= self.running_limit:
+            return None  # Tune asks again later
         config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._live.add(trial_id)
         self.mirror()
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if values_of(result).get("error") or not self._knows(trial_id):
             return
-        # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial)
-        super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
+        # Optuna's step is the evaluation (Ray's training_iteration starts again at 1 in a resumed trial). A trial
+        # PBT exploited goes on from its donor's count, which may repeat a step it reported: Optuna keeps the first
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored because", category=UserWarning)
+            super().on_trial_result(trial_id, {**result, "training_iteration": result[EVALUATION]})
         self.mirror()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._live.discard(trial_id)
         try:
             self._told_complete(trial_id, result, error)
         finally:
@@ -205,7 +227,7 @@ class Bookkeeper(tune.Callback):
         self._exp_dir = ExperimentDir(self._filesystem, self.exp_path, self.exp_path)
         self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=self._filesystem)
         self._book.load()
-        self._progress = Progress(self._book, self.total)
+        self._progress = Progress(self._book, self.total, paused=lambda: len(self.search_state.paused))
         self.search_state.ended.clear()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -233,13 +255,33 @@ class Bookkeeper(tune.Callback):
         values = values_of(result)
         if values.get("error"):
             return
+        trial_id = trial.trial_id
+        parent = self._new_exploit(trial_id, result, values)
         for earlier in values.get("earlier", []):  # a resumed trial's evaluations that a killed driver missed
-            if earlier["evaluation"] > self._book.last_evaluation(trial.trial_id):
-                self._book.report(trial.trial_id, self._recorded(earlier))
-        self._book.report(trial.trial_id, self._recorded(values))
+            if parent is not None or earlier["evaluation"] > self._book.last_evaluation(trial_id):
+                self._book.report(trial_id, self._recorded(earlier), params=earlier.get("params"), parent=parent)
+                parent = None  # only the first evaluation after the exploit says where it came from
+        self._book.report(trial_id, self._recorded(values), params=values.get("params"), parent=parent)
         if values.get("best_checkpoint"):
-            self._book.trials[trial.trial_id].best_checkpoint = values["best_checkpoint"]
+            self._book.trials[trial_id].best_checkpoint = values["best_checkpoint"]
         self._progress.update()
+
+    def _new_exploit(self, trial_id: str, result: dict, values: dict[str, Any]) -> tuple[str, int] | None:
+        """PBT: on the first report of a trial that has taken up an exploit the results do not hold yet, the trial's
+        record takes the lineage's best (`ResultsBook.rebase`); returns (donor, step) for its history row."""
+        exploit = values.get("exploit")
+        record = self._book.trials[trial_id]
+        if not exploit or len(exploit["exploits"]) <= len(record.parent or []):
+            return None
+        self._book.rebase(
+            trial_id,
+            params=values.get("params") or record.params,
+            exploits=exploit["exploits"],
+            best_metric=result.get(OBJECTIVE),
+            best_step=exploit.get("best_step"),
+            best_checkpoint=values.get("best_checkpoint"),
+        )
+        return exploit["trial_id"], exploit["step"]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.search_state.ended:

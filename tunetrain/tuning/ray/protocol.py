@@ -1,6 +1,6 @@
 """What crosses between a trial (in a Ray worker) and the driver: the keys of a report, and `ended.json`.
 
-A report carries two numbers Ray acts on and one JSON string: Ray keeps running statistics of every numeric key of
+A report carries three numbers Ray acts on and one JSON string: Ray keeps running statistics of every numeric key of
 every trial in the driver's memory, so everything else of an evaluation travels as text.
 """
 
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVE = "objective"  # the trial's best value of the search metric so far: what ASHA and Optuna compare
 EVALUATION = "evaluation"  # evaluations since the trial began (a resumed trial continues the count): ASHA's time
+CURRENT = "current"  # the search metric at this evaluation: what PBT ranks the population by
 METRICS = "metrics"  # everything else of an evaluation, as one JSON string
 
 # ended for good (ended.json); an errored trial may run again (resume_errored), unless it ended itself (diverged)

@@ -21,6 +21,7 @@ class SearchState:
     ended: dict[str, Any] = field(default_factory=dict)  # trial id -> TrialRecord: ended before Ray's state knew
     config_errors: list[str] = field(default_factory=list)  # one-line user errors raised inside trials
     unknown_trials: set[str] = field(default_factory=set)  # trials Ray restored that its searcher's state lacks
+    paused: set[str] = field(default_factory=set)  # trials a scheduler paused: they hold no place among those running
     # where and under what session Ray last saved its snapshot in this driver (the searcher sees it; the
     # bookkeeper seals what it finds there)
     snapshot: tuple[str, str] | None = None

@@ -23,7 +23,8 @@ from tunetrain.errors import NonFiniteLossError
 from tunetrain.reporting import Reporter
 from tunetrain.storage import ExperimentDir, copy_down, is_file, resolve_storage, upload_dir, uri_for
 from tunetrain.storage.layout import TOKEN_NAME, TRAINER_STATE_NAME
-from tunetrain.tuning.ray.protocol import EVALUATION, METRICS, OBJECTIVE, read_ended
+from tunetrain.tuning.lineage import Lineage, read_lineage, take_up_exploit
+from tunetrain.tuning.ray.protocol import CURRENT, EVALUATION, METRICS, OBJECTIVE, read_ended
 from tunetrain.tuning.trial import evaluation_report, trial_arguments
 
 if TYPE_CHECKING:
@@ -57,16 +58,26 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     try:
         if store.ended():
             return  # it ended before the driver was killed, after Ray's last snapshot: nothing to train or report
-        train_trial(params, spec, store, resume=store.latest(), send=send_to_tune)
+        lineage = store.lineage()  # PBT: an exploit the driver decided is taken up first (see tuning.lineage)
+        if lineage is not None:
+            params = lineage.params  # the trial's dir says which params are in force, whatever Ray restored
+        train_trial(params, spec, store, resume=store.latest(), send=send_to_tune, lineage=lineage)
     finally:
         store.close()
 
 
 def train_trial(
-    params: dict[str, Any], spec: TrialSpec, store: TrialStore, *, resume: str | None, send: Sender | None
+    params: dict[str, Any],
+    spec: TrialSpec,
+    store: TrialStore,
+    *,
+    resume: str | None,
+    send: Sender | None,
+    lineage: Lineage | None = None,
 ) -> None:
     """`Trainer.train` of a trial in this process (one of several, in a data-parallel trial), its evaluations sent
-    as reports (`send`: the main process's; None on the others)."""
+    as reports (`send`: the main process's; None on the others). `lineage`: the trial's under PBT, once it has been
+    exploited."""
     import torch
 
     from tunetrain.loop import Trainer
@@ -82,7 +93,7 @@ def train_trial(
         logging_dir=logging_dir,
         save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
     )
-    reporter = TuneReporter(spec.config.metric, store, send) if send is not None else None
+    reporter = TuneReporter(spec.config.metric, store, send, lineage=lineage) if send is not None else None
     reporters = [reporter] if reporter is not None else []
     trainer = Trainer(cached_task(experiment.task), args, experiment.space, reporters=reporters, console=False)
     try:
@@ -135,6 +146,10 @@ class TrialStore:
 
     def ended(self) -> bool:
         return read_ended(self.filesystem, self.path) is not None
+
+    def lineage(self) -> Lineage | None:
+        """The trial's lineage (PBT), after taking up an exploit decided for it; None for a trial never exploited."""
+        return take_up_exploit(self.filesystem, self.path) or read_lineage(self.filesystem, self.path)
 
     def latest(self) -> str | None:
         from pyarrow import fs
@@ -194,8 +209,9 @@ class TrialStore:
                 self.filesystem.delete_dir(info.path)
 
     def location(self, checkpoint: str) -> str:
-        """Where a checkpoint of the loop's output dir lives in the storage."""
-        return checkpoint if self.local else f"{self.uri}/{Path(checkpoint).name}"
+        """Where a checkpoint of the loop's output dir lives in the storage, by its name: the run's state may name
+        it in another dir (a checkpoint copied from another trial by PBT names the donor's)."""
+        return f"{self.path if self.local else self.uri}/{Path(checkpoint).name}"
 
     def close(self) -> None:
         if not self.local:
@@ -210,11 +226,18 @@ class TuneReporter(Reporter):
     and shows there as about to end at its last.
     """
 
-    def __init__(self, metric: str, store: TrialStore, send: Sender = send_to_tune) -> None:
+    def __init__(
+        self, metric: str, store: TrialStore, send: Sender = send_to_tune, *, lineage: Lineage | None = None
+    ) -> None:
         self.metric = metric
         self.store = store
         self.send = send
+        self.lineage = lineage
+        self.params: dict[str, Any] = {}
         self.reports = 0
+
+    def on_train_begin(self, args: Any, state: Any, params: dict[str, Any]) -> None:
+        self.params = dict(params)
 
     def on_evaluate(self, metrics, state, control, checkpoint) -> None:
         values = evaluation_report(metrics, state)
@@ -224,19 +247,56 @@ class TuneReporter(Reporter):
             self.store.persist(checkpoint)
         if state.best_model_checkpoint:
             values["best_checkpoint"] = self.store.location(state.best_model_checkpoint)
-        if self.reports == 0 and state.num_evaluations > 1:
-            # a resumed run: its earlier evaluations too (from its checkpoint), which a killed driver may not have
-            # written down
-            earlier = [entry for entry in state.log_history if self.metric in entry][:-1]
-            values["earlier"] = [
-                {**{k: v for k, v in entry.items() if isinstance(v, (int, float))}, "evaluation": number}
-                for number, entry in enumerate(earlier, start=1)
-            ]
+        values["params"] = self.params
+        if self.reports == 0:
+            values.update(self._first_report(state))
         objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
-        report = {OBJECTIVE: objective, EVALUATION: state.num_evaluations, METRICS: json.dumps(values, default=str)}
+        report = {
+            OBJECTIVE: objective,
+            CURRENT: metrics[self.metric],
+            EVALUATION: state.num_evaluations,
+            METRICS: json.dumps(values, default=str),
+        }
         self.reports += 1
         last = state.global_step >= state.max_steps or control.should_stop
+        if last:  # nothing to perturb or promote at a trial's last report (PBT, a pausing ASHA)
+            values["last"] = True
+            report[METRICS] = json.dumps(values, default=str)
         self.send(report, self.store.path if self.reports == 1 or last else None)
+
+    def _first_report(self, state: Any) -> dict[str, Any]:
+        """What the first report of a run adds: a resumed run's earlier evaluations (from its checkpoint), which a
+        killed driver may not have written down; under PBT the trial's latest exploit (the best of the lineage it
+        carries is the trial's best now), and only the evaluations it trained itself since."""
+        added: dict[str, Any] = {}
+        since = 0
+        if self.lineage is not None and self.lineage.segments[-1].parent is not None:
+            segment = self.lineage.segments[-1]
+            since = segment.step
+            added["exploit"] = {
+                "trial_id": segment.parent,
+                "step": segment.step,
+                "exploits": list(self.lineage.exploits),
+                "best_step": state.best_global_step,
+            }
+        if state.num_evaluations > 1:
+            evaluations = [entry for entry in state.log_history if self.metric in entry]
+            added["earlier"] = [
+                {
+                    **{k: v for k, v in entry.items() if isinstance(v, (int, float))},
+                    "evaluation": number,
+                    "params": self._params_at(entry.get("step", 0)),
+                }
+                for number, entry in enumerate(evaluations[:-1], start=1)
+                if entry.get("step", 0) > since
+            ]
+        return added
+
+    def _params_at(self, step: int) -> dict[str, Any]:
+        """The params in force when the trial trained `step` (PBT changes them at its exploits)."""
+        if self.lineage is None:
+            return self.params
+        return dict(self.lineage.segment_at(step - 1).params) if step > 0 else self.params
 
     def report_if_silent(self, state: Any) -> None:
         """A run resumed from the checkpoint of its last evaluation trains and evaluates nothing: it reports that
