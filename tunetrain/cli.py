@@ -154,6 +154,10 @@ class _TerminateAsInterrupt:
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.received = True
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not callable(signal.getsignal(signal.SIGINT)):
+            # SIGINT ignored: a command started in the background by a non-interactive shell (`tunetrain train x &`
+            # in a script) inherits that, and a SIGINT sent on would do nothing: the run would go on to its end
+            raise KeyboardInterrupt
         # SIGINT reaches whoever handles Ctrl-C now: Ray Tune's handler while a search runs (it stops the trials and
         # saves the experiment's state), else Python's, which raises KeyboardInterrupt here
         os.kill(os.getpid(), signal.SIGINT)
