@@ -294,7 +294,7 @@ class ExactPBT(PopulationBasedTraining):
         return True  # metric (CURRENT) and mode are ours
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        # Ray's refuses any searcher, and fills absent mutated params into the config (a `when:` param must stay
+        # Ray's own refuses any searcher, and fills absent mutated params into the config (a `when:` param must stay
         # absent while its condition is false)
         self._trial_state[trial] = _PBTTrialState(trial)
 
