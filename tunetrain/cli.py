@@ -261,10 +261,10 @@ def final_fit(fit: FinalFit) -> dict[str, Any]:
     if task.test_dataset is not None:
         # a final fit: the test split is scored once, at the end, never used for selection
         metrics.update(trainer.evaluate(task.test_dataset, metric_key_prefix="test"))
+    params = trainer.params if fit.schedule else fit.params  # a schedule's: its last segment's
     if trainer.accelerator.is_main_process:
-        _save_final(trainer, fit, metrics)
+        _save_final(trainer, fit, params, metrics)
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
-    params = trainer.params if fit.schedule else fit.params  # a schedule's last params
     return {"output_dir": trainer.run_args.output_dir, "params": params, "metrics": shown}
 
 
@@ -438,7 +438,7 @@ def _active_defaults(space: Any, defaults: dict[str, Any], given: dict[str, Any]
     return {k: v for k, v in defaults.items() if k not in given and space.is_active(k, merged)}
 
 
-def _save_final(trainer: Any, fit: FinalFit, metrics: dict[str, Any]) -> None:
+def _save_final(trainer: Any, fit: FinalFit, params: dict[str, Any], metrics: dict[str, Any]) -> None:
     """The final model in exportable form beside the checkpoints (see `tunetrain.export`); a scheduled run's
     experiment file keeps its schedule."""
     from safetensors.torch import save_model
@@ -451,9 +451,8 @@ def _save_final(trainer: Any, fit: FinalFit, metrics: dict[str, Any]) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     save_model(model, str(output_dir / WEIGHTS_NAME))
     write_model_dir(
-        output_dir, fit.experiment, trainer.params if fit.schedule else fit.params, metrics,
-        weights=output_dir / WEIGHTS_NAME, source="tunetrain train", model=model, start=fit.params,
-        schedule=fit.schedule,
+        output_dir, fit.experiment, params, metrics, weights=output_dir / WEIGHTS_NAME, source="tunetrain train",
+        model=model, start=fit.params, schedule=fit.schedule,
     )  # fmt: skip
 
 

@@ -250,6 +250,9 @@ class TuneReporter(Reporter):
         values["params"] = self.params
         if self.reports == 0:
             values.update(self._first_report(state))
+        last = state.global_step >= state.max_steps or control.should_stop
+        if last:  # nothing to perturb or promote at a trial's last report (PBT, a pausing ASHA)
+            values["last"] = True
         objective = state.best_metric if state.best_metric is not None else metrics[self.metric]
         report = {
             OBJECTIVE: objective,
@@ -258,10 +261,6 @@ class TuneReporter(Reporter):
             METRICS: json.dumps(values, default=str),
         }
         self.reports += 1
-        last = state.global_step >= state.max_steps or control.should_stop
-        if last:  # nothing to perturb or promote at a trial's last report (PBT, a pausing ASHA)
-            values["last"] = True
-            report[METRICS] = json.dumps(values, default=str)
         self.send(report, self.store.path if self.reports == 1 or last else None)
 
     def _first_report(self, state: Any) -> dict[str, Any]:
