@@ -159,7 +159,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         try:
             self._told_complete(trial_id, result, error)
         finally:
-            self.mirror()
+            # forced: a trial's end must reach the journal at once, before the bookkeeper (called after the searcher)
+            # writes it into the results; the throttle would skip it when the trial's last result was mirrored < 1 s
+            # before, and the dashboard would show a finished trial running until the next report
+            self.mirror(force=True)
 
     def _told_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if not self._knows(trial_id):
