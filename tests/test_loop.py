@@ -385,7 +385,13 @@ def test_evaluate_scores_any_split_with_a_prefix(tmp_path, tiny_task):
     trainer = Trainer(tiny_task, _args(tmp_path, num_train_epochs=1))
     trainer.train()
     metrics = trainer.evaluate(tiny_task.test_dataset, metric_key_prefix="test")
-    assert {"test_loss", "test_accuracy", "test_runtime"} <= set(metrics)
+    assert {"test_loss", "test_accuracy", "test_runtime", "test_samples_per_second"} <= set(metrics)
+    # the model's size, which a search can trade accuracy against: trainable parameters only
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert metrics["test_num_parameters"] == trainable > 0
+    next(trainer.model.parameters()).requires_grad_(False)
+    frozen = trainer.evaluate(metric_key_prefix="eval")["eval_num_parameters"]
+    assert frozen == trainable - next(trainer.model.parameters()).numel()
 
 
 def test_checkpoint_files_are_safe_to_load(tmp_path, tiny_task):

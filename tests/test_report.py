@@ -2,7 +2,7 @@
 
 The experiment is made by a `ResultsBook` as a search would make it (no Ray, no training): six trials that
 completed, were pruned at evaluation 1 and 3, errored, and one still running. A second one is a population whose
-trials took each other's checkpoints, as Population Based Training leaves it.
+trials took each other's checkpoints, as Population Based Training leaves it; a third, a search of two objectives.
 """
 
 from __future__ import annotations
@@ -22,18 +22,25 @@ from tunetrain.errors import ConfigError
 from tunetrain.report import (
     BEST_SO_FAR_PNG,
     CURVES_PNG,
+    HYPERVOLUME_PNG,
     PARAMS_PNG,
+    PARETO_PNG,
     POPULATION_PNG,
+    ObjectivePoint,
     best_so_far_data,
+    front_staircase,
     has_exploits,
+    hypervolume_data,
     learning_curve_data,
     lineage_colors,
     param_scale,
+    pareto_points,
     population_data,
     summary_text,
     write_report,
 )
 from tunetrain.results import ResultsBook, read_history, read_results
+from tunetrain.tuning.pareto import hypervolume, reference_point
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERROR_MESSAGE = "ValueError: loss is <nan> & the run diverged"
@@ -96,6 +103,46 @@ def _write_population(path: Path) -> Path:
         book.finish(trial_id, "completed")
     pq.write_table(pa.Table.from_pylist(rows), path / "history.parquet")
     return path
+
+
+# several objectives: trial id -> (hidden size, accuracy per evaluation, final status); eval_num_parameters is 10 x the
+# hidden size at every evaluation. The front of the finished trials: m0 (the most accurate), m2 (at its evaluation 2,
+# its best) and m1 (the smallest); m3 is dominated; m5, pruned, is the smallest of all; m7 is still running
+OBJECTIVES, MODES = ("eval_accuracy", "eval_num_parameters"), ("max", "min")
+MULTI = {
+    "m0": (100, [0.50, 0.70, 0.80], "completed"),
+    "m1": (10, [0.40, 0.55, 0.60], "completed"),
+    "m2": (50, [0.50, 0.65, 0.62], "completed"),
+    "m3": (80, [0.45, 0.60, 0.58], "completed"),
+    "m4": (20, [0.30], "pruned"),
+    "m5": (5, [0.20, 0.35], "pruned"),
+    "m6": (30, [0.90], "errored"),
+    "m7": (40, [0.66], "running"),
+}
+
+
+def _write_multi(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    book = ResultsBook(str(path), metric=OBJECTIVES, mode=MODES, min_interval_s=0.0)
+    for number, (trial_id, (hidden, values, status)) in enumerate(MULTI.items()):
+        book.start(trial_id, number, {"hidden_size": hidden})
+        for evaluation, value in enumerate(values, start=1):
+            metrics = {"eval_accuracy": value, "eval_num_parameters": 10 * hidden}
+            book.report(trial_id, {**metrics, "evaluation": evaluation, "step": 10 * evaluation})
+        if status != "running":
+            book.finish(trial_id, status, error=ERROR_MESSAGE if status == "errored" else None)
+    book.flush(force=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_multi(tmp_path_factory.mktemp("multi") / "multi_search")
+
+
+@pytest.fixture(scope="module")
+def multi_report(multi: Path) -> Path:
+    return write_report(multi)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +277,57 @@ def test_best_so_far_for_a_min_metric(tmp_path: Path) -> None:
     assert ys == [3.0, 3.0, 2.0, 2.0]
 
 
+def test_pareto_points_show_each_trial_at_its_best_evaluation_by_what_became_of_it(multi: Path) -> None:
+    points = {p.trial_id: p for p in pareto_points(read_results(multi))}
+    kinds = {trial_id: point.kind for trial_id, point in points.items()}
+    assert kinds == {"m0": "front", "m1": "front", "m2": "front", "m3": "dominated", "m4": "stopped",
+                     "m5": "stopped", "m7": "running"}  # fmt: skip  # m6 errored: left out
+    assert (points["m2"].x, points["m2"].y) == pytest.approx((0.65, 500))  # its evaluation 2, not its last
+
+
+def test_the_front_staircase_steps_along_the_first_objective_then_the_second(multi: Path) -> None:
+    front = [p for p in pareto_points(read_results(multi)) if p.kind == "front"]
+    xs, ys = front_staircase(front, MODES)  # from the most accurate to the smallest; corners at the worse of each
+    assert xs == pytest.approx([0.80, 0.65, 0.65, 0.60, 0.60])
+    assert ys == pytest.approx([1000, 1000, 500, 500, 100])
+    points = [ObjectivePoint("a", 2.0, 3.0, "front"), ObjectivePoint("b", 1.0, 1.0, "front")]
+    assert front_staircase(points, ("min", "max")) == ([1.0, 2.0, 2.0], [1.0, 1.0, 3.0])
+    # a front of three objectives seen on two: a point dominated on the plane is not on the staircase
+    points.append(ObjectivePoint("c", 1.5, 0.5, "front"))
+    assert front_staircase(points, ("min", "max", "min")) == ([1.0, 2.0, 2.0], [1.0, 1.0, 3.0])
+
+
+def test_hypervolume_never_goes_down_and_ends_at_the_front_of_every_trials_values(multi: Path) -> None:
+    result = read_results(multi)
+    xs, ys = hypervolume_data(result, read_history(multi))
+    assert xs == list(range(1, sum(len(values) for _, values, _ in MULTI.values()) + 1))  # m6's too: compute spent
+    assert ys == sorted(ys)  # never goes down
+    seen = [
+        (value, 10 * hidden) for hidden, values, status in MULTI.values() if status != "errored" for value in values
+    ]
+    reference = reference_point(seen, MODES)
+    assert ys[0] == pytest.approx(hypervolume([(0.50, 1000)], MODES, reference))  # m0's first evaluation
+    # every trial's values, the pruned m5's and the running m7's too; m6's 0.90, errored, never
+    counted = [t.objectives for t in result.trials if t.status != "errored"]
+    assert ys[-1] == pytest.approx(hypervolume(counted, MODES, reference))
+    assert ys[-1] > hypervolume([t.objectives for t in result.pareto], MODES, reference)
+
+
+def test_a_trials_earlier_values_stay_counted_and_only_its_best_by_the_first_metric_counts(tmp_path: Path) -> None:
+    book = ResultsBook(str(tmp_path), metric=("eval_loss", "eval_latency"), mode=("min", "min"), min_interval_s=0.0)
+    book.start("a", 0, {"lr": 0.1})
+    evaluations = [(1.0, 10.0), (0.5, 30.0), (0.7, 5.0)]  # the last is no better loss: the trial keeps (0.5, 30)
+    for evaluation, (loss, latency) in enumerate(evaluations, start=1):
+        book.report("a", {"eval_loss": loss, "eval_latency": latency, "evaluation": evaluation})
+    book.finish("a", "completed")
+    _, ys = hypervolume_data(read_results(tmp_path), read_history(tmp_path))
+    modes, found = ("min", "min"), evaluations[:2]
+    reference = reference_point(found, modes)
+    expected = [hypervolume(found[:1], modes, reference), hypervolume(found, modes, reference)]
+    assert ys == pytest.approx([*expected, expected[-1]])
+    assert ys[1] > ys[0]  # (1.0, 10) still counts once the trial's best is (0.5, 30)
+
+
 # --- the files -----------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +406,30 @@ def test_the_population_figure_is_drawn_and_embedded_when_trials_exploited(popul
     pixels = _pixels(population / POPULATION_PNG)
     counts = [_count_color(pixels, color) for color in lineage_colors(["B", "A", "C", "D"]).values()]
     assert counts[0] > max(counts[1:]) and min(counts) > 0, counts  # B's lineage, the most carried, the most drawn
+
+
+def test_a_search_of_several_objectives_reports_its_front_not_a_best(multi: Path, multi_report: Path) -> None:
+    pngs = {p.name for p in multi_report.parent.iterdir() if p.suffix == ".png"}
+    assert pngs == {PARETO_PNG, CURVES_PNG, PARAMS_PNG, HYPERVOLUME_PNG}  # no best so far: there is no one best
+    for name in (PARETO_PNG, HYPERVOLUME_PNG):
+        assert (multi_report.parent / name).read_bytes()[:8] == PNG_MAGIC
+    page = multi_report.read_text()
+    assert (
+        "objectives <b>eval_accuracy</b> (mode max: higher is better), "
+        "<b>eval_num_parameters</b> (mode min: lower is better)"
+    ) in page
+    assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 4
+    assert page.index("<h2>Pareto front") < page.index("<h2>Learning curves") < page.index("<h2>Hypervolume")
+    assert BEST_SO_FAR_PNG not in page
+    top = page[page.index('<table class="top">') : page.index("</table>")]
+    assert "<th>eval_accuracy</th><th>eval_num_parameters</th><th>pareto</th>" in top
+    assert sorted(re.findall(r'<tr class="best"><td class="num">\d+</td><td>(\w+)</td>', top)) == ["m0", "m1", "m2"]
+    assert "m6" not in top and top.count("<tr") == 1 + 7
+    header = summary_text(multi).splitlines()[0]
+    assert header == (
+        "multi_search: 8 trials (1 running, 4 completed, 2 pruned, 1 errored); "
+        "objectives eval_accuracy (higher is better), eval_num_parameters (lower is better)"
+    )
 
 
 def test_a_search_with_only_running_trials_is_reported(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pyarrow import parquet as pq
 
 from tunetrain.errors import ConfigError
 from tunetrain.results import ResultsBook, SearchResult, TrialRecord, read_history, read_results
+from tunetrain.tuning.pareto import dominates
 
 
 def _book(path: Path, *, mode: str = "max", interval: float = 0.0, **kwargs) -> ResultsBook:
@@ -464,3 +465,91 @@ def test_the_summary_says_how_many_running_trials_wait_paused(tmp_path):
     )
     assert "0/4 done, 2 running (1 of them paused); best eval_accuracy=0.6 (t1)" in result.summary_line(4, paused=1)
     assert "2 running; best" in result.summary_line(4)
+
+
+# --- several objectives ------------------------------------------------------------------------------------------
+
+METRICS2 = ("eval_accuracy", "eval_num_parameters")
+
+
+def _mo_book(path: Path) -> ResultsBook:
+    return ResultsBook(str(path), metric=METRICS2, mode=("max", "min"), min_interval_s=0.0)
+
+
+def _mo_trial(book: ResultsBook, trial_id: str, evaluations: list[tuple[float, float]], status: str) -> None:
+    book.start(trial_id, len(book.trials), {"hidden_size": int(evaluations[0][1])})
+    for number, (accuracy, size) in enumerate(evaluations, start=1):
+        book.report(trial_id, {"eval_accuracy": accuracy, "eval_num_parameters": size, "evaluation": number,
+                               "step": 10 * number})  # fmt: skip
+    if status != "running":
+        book.finish(trial_id, status)
+
+
+def test_a_trial_s_values_are_those_of_its_best_evaluation_and_the_front_is_over_finished_trials(tmp_path):
+    book = _mo_book(tmp_path)
+    _mo_trial(book, "big", [(0.80, 5000), (0.90, 5000), (0.85, 5000)], "completed")
+    _mo_trial(book, "small", [(0.60, 500), (0.70, 500)], "completed")
+    _mo_trial(book, "worse", [(0.65, 800), (0.68, 800)], "completed")  # dominated by small
+    _mo_trial(book, "tiny_pruned", [(0.50, 50)], "pruned")  # would be on the front: judged on a smaller budget
+    _mo_trial(book, "early", [(0.95, 9000), (0.94, 9000)], "stopped_early")  # its own patience: finished
+    _mo_trial(book, "live", [(0.99, 10)], "running")
+    book.flush(force=True)
+    result = read_results(str(tmp_path))
+    assert result.metrics == METRICS2 and result.modes == ("max", "min") and result.multi_objective
+    by_id = {t.trial_id: t for t in result.trials}
+    assert by_id["big"].objectives == [0.90, 5000] and by_id["big"].best_step == 20
+    assert {t.trial_id for t in result.trials if t.pareto} == {"big", "small", "early"}
+    assert [t.trial_id for t in result.pareto][:2] in (["small", "early"], ["early", "small"])  # the extremes first
+    # every flagged trial is non-dominated among the finished ones, every other finished one is dominated by a flagged
+    finished = [t for t in result.trials if t.status in ("completed", "stopped_early")]
+    for trial in finished:
+        dominated = any(dominates(o.objectives, trial.objectives, result.modes) for o in finished)
+        assert trial.pareto is not dominated
+    columns = pq.read_table(tmp_path / "results.parquet").column_names
+    assert {"eval_accuracy", "eval_num_parameters", "pareto"} <= set(columns)
+
+
+def test_best_asks_for_a_rule_when_there_are_several_objectives(tmp_path):
+    book = _mo_book(tmp_path)
+    _mo_trial(book, "big", [(0.90, 5000)], "completed")
+    _mo_trial(book, "small", [(0.70, 500)], "completed")
+    book.flush(force=True)
+    result = read_results(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"has 2 objectives \(eval_accuracy, eval_num_parameters\).*--trial ID"):
+        _ = result.best
+    assert result.best_by("accuracy").trial_id == "big"
+    assert result.best_by("eval_num_parameters").trial_id == "small"
+    with pytest.raises(ConfigError, match="`--by` is 'loss', but the search's objectives are"):
+        result.best_by("loss")
+    assert "pareto" in result.table() and "Pareto front: 2" in result.summary_line(2)
+
+
+def test_a_search_of_one_metric_keeps_its_columns_and_best(tmp_path):
+    book = _book(tmp_path)
+    book.start("t", 0, {})
+    _report(book, "t", [0.5, 0.7])
+    book.flush(force=True)
+    assert "pareto" not in pq.read_table(tmp_path / "results.parquet").column_names
+    result = read_results(str(tmp_path))
+    assert not result.multi_objective and result.best.trial_id == "t" and result.pareto == []
+    assert result.best_by("whatever") is result.best
+
+
+def test_a_trial_s_final_record_keeps_its_values_on_several_objectives(tmp_path):
+    # what a trial's ended.json holds, put back by a driver that had missed its end
+    book = _mo_book(tmp_path)
+    _mo_trial(book, "big", [(0.80, 5000), (0.90, 5000)], "running")
+    final = json.loads(json.dumps(book.final_record("big", "completed")))
+    fresh = _mo_book(tmp_path)
+    fresh.restore(final)
+    assert fresh.trials["big"].objectives == [0.90, 5000] and fresh.trials["big"].status == "completed"
+    assert read_results(str(tmp_path)).trials[0].pareto  # the only finished trial: the front
+
+
+def test_export_takes_one_way_of_choosing_trials(tmp_path):
+    from tunetrain.results import export_trials
+
+    with pytest.raises(ConfigError, match="--top-k and --pareto each choose the trials to export: give one"):
+        export_trials(tmp_path / "runs" / "x", tmp_path / "out", top_k=2, pareto=True)
+    with pytest.raises(ConfigError, match="--trial and --by each choose"):
+        export_trials(tmp_path / "runs" / "x", tmp_path / "out", trial_id="t", by="accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ pytest.importorskip("ray.tune")
 from ray.tune.experiment import Trial
 
 from tunetrain.storage.layout import EXPLOIT_DIR, EXPLOIT_NAME
+from tunetrain.tuning.pareto import rung_milestones, survives_rung
 from tunetrain.tuning.ray.protocol import EVALUATION, METRICS, OBJECTIVE
-from tunetrain.tuning.ray.schedulers import PromotingASHA, rung_milestones
+from tunetrain.tuning.ray.schedulers import ParetoASHA, PromotingASHA
 from tunetrain.tuning.ray.search_state import SearchState
 
 
@@ -246,3 +248,61 @@ def test_pbt_never_perturbs_a_trials_last_report(tmp_path):
         _pbt_report(scheduler, controller, trial, 2, value)
     assert _pbt_report(scheduler, controller, trials[0], 4, 0.1, last=True) == scheduler.CONTINUE
     assert trials[0].status == Trial.RUNNING and not list(tmp_path.rglob(EXPLOIT_DIR))
+
+
+# --- ParetoASHA: successive halving on several objectives -----------------------------------------------------
+
+
+def _pareto_report(scheduler, trial, evaluation, accuracy, parameters, **values):
+    result = {EVALUATION: evaluation, OBJECTIVE: accuracy, "objective_2": parameters, METRICS: json.dumps(values)}
+    return scheduler.on_trial_result(FakeController([trial]), trial, result)
+
+
+def _pareto_asha(state: SearchState | None = None) -> ParetoASHA:
+    return ParetoASHA(state or SearchState(), metrics=("eval_accuracy", "eval_num_parameters"), modes=("max", "min"),
+                      max_t=9, grace_period=1, reduction_factor=3)  # fmt: skip
+
+
+def test_pareto_asha_stops_at_a_rung_by_the_shared_rule_and_records_it_as_early_stopped():
+    state = SearchState()
+    scheduler = _pareto_asha(state)
+    assert scheduler.rungs == [1, 3]
+    arrivals = [(0.5, 100), (0.4, 200), (0.6, 300), (0.3, 50), (0.45, 150), (0.2, 400)]
+    decisions = [_pareto_report(scheduler, FakeTrial(f"t{i}"), 1, *values) for i, values in enumerate(arrivals)]
+    expected = [
+        ParetoASHA.CONTINUE if survives_rung(i, arrivals[: i + 1], ("max", "min"), 3) else ParetoASHA.STOP
+        for i in range(len(arrivals))
+    ]
+    assert decisions == expected  # the Optuna backend's pruner makes the same ones (test_pareto.py)
+    assert ParetoASHA.STOP in decisions and decisions[0] == ParetoASHA.CONTINUE
+    assert state.stopped_early == {f"t{i}" for i, d in enumerate(decisions) if d == ParetoASHA.STOP}
+
+
+def test_pareto_asha_judges_a_trial_once_a_rung_ends_every_trial_at_max_t_and_lets_a_last_report_be():
+    state = SearchState()
+    scheduler = _pareto_asha(state)
+    leader, other = FakeTrial("a"), FakeTrial("b")
+    assert _pareto_report(scheduler, leader, 1, 0.9, 10) == ParetoASHA.CONTINUE
+    assert _pareto_report(scheduler, leader, 1, 0.1, 10_000) == ParetoASHA.CONTINUE  # resumed: judged already
+    assert _pareto_report(scheduler, leader, 2, 0.9, 10) == ParetoASHA.CONTINUE  # no rung at 2
+    assert _pareto_report(scheduler, other, 1, 0.1, 1000, last=True) == ParetoASHA.CONTINUE  # ends by itself
+    assert _pareto_report(scheduler, leader, 9, 0.95, 10) == ParetoASHA.STOP  # max_t: completed, not pruned
+    assert state.stopped_early == set()
+    error = {EVALUATION: 1, METRICS: json.dumps({"error": "diverged"})}
+    assert scheduler.on_trial_result(FakeController([]), FakeTrial("c"), error) == ParetoASHA.CONTINUE
+
+
+def test_a_restored_pareto_asha_takes_its_rungs_up_from_the_history():
+    scheduler = _pareto_asha()
+    rows = [
+        {"trial_id": "a", "evaluation": 1, "metrics": json.dumps({"eval_accuracy": 0.9, "eval_num_parameters": 10})},
+        {"trial_id": "a", "evaluation": 2, "metrics": json.dumps({"eval_accuracy": 0.8, "eval_num_parameters": 10})},
+        {"trial_id": "a", "evaluation": 3, "metrics": json.dumps({"eval_accuracy": 0.85, "eval_num_parameters": 10})},
+        {"trial_id": "b", "evaluation": 1, "metrics": json.dumps({"eval_accuracy": 0.5, "eval_num_parameters": 5})},
+    ]
+    scheduler.take_up_history(rows)
+    # rung 3 holds a's best so far by accuracy (0.9 at evaluation 1), not its value at evaluation 3
+    assert scheduler._values == {1: {"a": [0.9, 10], "b": [0.5, 5]}, 3: {"a": [0.9, 10]}}
+    assert _pareto_report(scheduler, FakeTrial("c"), 1, 0.1, 100) == ParetoASHA.STOP  # 3 at the rung: keep 1
+    restored = pickle.loads(pickle.dumps(scheduler))
+    assert restored._values == {1: {}, 3: {}}  # Ray's pickle starts empty: the backend calls take_up_history

@@ -115,7 +115,7 @@ def test_built_directly_the_objective_falls_back_on_the_arguments():
         ({"time_budget_s": 0}, "`search.time_budget_s` is 0, but must be > 0 (seconds), or null"),
         ({"time_budget_s": float("inf")}, "`search.time_budget_s` is inf, but must be a finite number"),
         ({"time_budget_s": "soon"}, "`search.time_budget_s` is 'soon', but must be a number"),
-        ({"sampler": "tpd"}, "`search.sampler` is 'tpd', but must be one of tpe | random | gp | cmaes | grid"),
+        ({"sampler": "tpd"}, "`search.sampler` is 'tpd', but must be one of tpe | nsga2 | random | gp | cmaes | grid"),
         ({"seed": -1}, "`search.seed` is -1, but must be >= 0"),
         ({"seed": 2**32}, "`search.seed` is 4294967296, but must be <= 4294967295"),
         ({"seed": False}, "`search.seed` is False, but must be an integer"),
@@ -624,3 +624,61 @@ def test_eval_on_start_is_refused_for_a_search_and_kept_for_a_single_run():
                                        "eval_strategy": "epoch"}, "space": {"lr": {"type": "float", "low": 0.1,
                                        "high": 0.2}}, "search": {"num_trials": 2}})  # fmt: skip
     assert experiment.train.eval_on_start  # `tunetrain train` of the same file keeps it
+
+
+# --- several objectives ------------------------------------------------------------------------------------------
+
+
+def test_several_objectives_are_lists_of_metrics_and_modes():
+    config = _load({"metric": ["accuracy", "num_parameters"], "mode": ["max", "min"]})
+    assert config.metric == ("eval_accuracy", "eval_num_parameters") and config.mode == ("max", "min")
+    assert config.metrics == config.metric and config.modes == config.mode and config.multi_objective
+    assert _load(config.to_dict()) == config  # lists in the file, tuples in the config
+    assert yaml.safe_load(yaml.safe_dump(config.to_dict()))["metric"] == ["eval_accuracy", "eval_num_parameters"]
+    # without modes, each from its metric's name: sizes, runtimes and losses are minimized
+    guessed = _load({"metric": ["accuracy", "num_parameters", "eval_runtime", "loss"]})
+    assert guessed.modes == ("max", "min", "min", "min")
+    one = _load({"metric": ["accuracy"], "mode": ["max"]})  # a list of one is the search of one metric
+    assert (one.metric, one.mode, one.multi_objective) == ("eval_accuracy", "max", False)
+    assert one.metrics == ("eval_accuracy",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"metric": ["accuracy", "num_parameters"], "mode": ["max"]},  # a list of one is one mode
+         "`search.mode` is 'max', but `search.metric` names 2 metrics"),
+        ({"metric": ["accuracy", "num_parameters", "loss"], "mode": ["max", "min"]},
+         "`search.mode` has 2 modes, but `search.metric` names 3 metrics"),
+        ({"metric": ["accuracy", "num_parameters"], "mode": "max"},
+         "`search.mode` is 'max', but `search.metric` names 2 metrics: give a mode for each, such as [max, min]"),
+        ({"metric": "accuracy", "mode": ["max", "min"]},
+         "`search.mode` is a list of 2, but `search.metric` names one metric"),
+        ({"metric": ["accuracy", "accuracy"]}, "`search.metric` names a metric twice"),
+        ({"metric": ["accuracy", 3]}, "`search.metric[1]` is 3, but must name an evaluation metric"),
+        ({"metric": []}, "`search.metric` is an empty list"),
+        ({"metric": ["accuracy", "loss"], "mode": ["max", "up"]}, "`search.mode[1]` is 'up', but must be one of"),
+        ({"metric": ["accuracy", "num_parameters"], "sampler": "cmaes"},
+         "`search.metric` names 2 metrics (several objectives), but `search.sampler` is 'cmaes', which optimizes one"),
+        ({"metric": ["accuracy", "num_parameters"], "scheduler": "pbt"},
+         "`search.scheduler` is pbt, which ranks trials by one: use asha"),
+        ({"metric": ["accuracy", "num_parameters"], "scheduler": {"type": "asha", "promote": True}},
+         "`search.scheduler` is asha with promote: true, which ranks trials by one"),
+    ],
+)  # fmt: skip
+def test_several_objectives_are_checked_with_one_line_each(raw, message, monkeypatch):
+    monkeypatch.setattr(components_module, "SAMPLER_PACKAGES", {})  # cmaes need not be installed to be refused
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _load(raw, metric_for_best_model="accuracy")
+
+
+def test_every_sampler_but_cmaes_takes_several_objectives():
+    for sampler in ("tpe", "nsga2", "random", "gp", "grid"):
+        space = _space(GRID_SPACE) if sampler == "grid" else _space()
+        config = _load({"metric": ["accuracy", "num_parameters"], "sampler": sampler}, space=space)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, space))
+        for _ in range(3):
+            trial = study.ask()
+            space.sample(trial)
+            study.tell(trial, [0.5, 100.0])
+        assert len(study.best_trials) >= 1

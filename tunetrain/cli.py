@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--full-data", action="store_true", help="train on the train and eval splits together")
     train.add_argument("--params", help="params as a JSON object, or the path of a JSON file (default: the space's)")
+    train.add_argument("--trial", help="with an experiment dir: this trial's params instead of the best trial's")
+    train.add_argument(
+        "--by", metavar="METRIC",
+        help="with an experiment dir of several objectives: the Pareto front's trial best in METRIC",
+    )  # fmt: skip
     train.add_argument(
         "--resume",
         nargs="?",
@@ -104,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the export dir (must not exist or be empty)")
     export.add_argument("--trial", help="this trial instead of the best")
     export.add_argument("--top-k", type=_top_k, metavar="K", help="the best K trials side by side")
+    export.add_argument(
+        "--pareto", action="store_true", help="several objectives: every trial of the Pareto front side by side"
+    )
+    export.add_argument("--by", metavar="METRIC", help="several objectives: the front's trial best in METRIC")
     export.add_argument("--force", action="store_true", help="replace a non-empty export dir")
 
     report = commands.add_parser("report", help="the top-k table, report.html and plots of a search")
@@ -364,6 +373,13 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], tuple[
     path = Path(cli.experiment)
     default_output = None  # an experiment dir in remote storage (s3://...): its experiment's own output_dir
     if not is_uri(cli.experiment):
+        if not path.is_dir() or (path / EXPERIMENT_NAME).is_file():
+            for flag, value in (("--trial", cli.trial), ("--by", cli.by)):
+                if value is not None:
+                    raise ConfigError(
+                        f"{flag} chooses a trial of a search's experiment dir, but {cli.experiment!r} is an "
+                        f"{'export' if path.is_dir() else 'experiment file'}"
+                    )
         if not path.is_dir():
             experiment = load_experiment(path, cli.overrides)
             return experiment, _params_for(experiment, cli.params), _schedule_for(experiment, cli), None
@@ -375,11 +391,27 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], tuple[
     experiment = experiment_from_dict(apply_overrides(experiment.to_dict(), cli.overrides))
     if cli.params is not None:
         return experiment, _params_for(experiment, cli.params), (), default_output
-    if result.best is None:
+    trial, which = _chosen_trial(result, cli)
+    if trial is None:
         raise ConfigError(f"experiment {cli.experiment!r} holds no finished trial with a finite metric")
-    print(f"tunetrain: training the best trial {result.best.trial_id} of {cli.experiment}", file=sys.stderr)
-    start, schedule = trial_schedule(result, result.best)
+    print(f"tunetrain: training {which} {trial.trial_id} of {cli.experiment}", file=sys.stderr)
+    start, schedule = trial_schedule(result, trial)
     return experiment, start, schedule, default_output
+
+
+def _chosen_trial(result: Any, cli: argparse.Namespace) -> tuple[Any, str]:
+    """The trial of an experiment dir to train: --trial, --by (several objectives), else the best."""
+    if cli.trial is not None and cli.by is not None:
+        raise ConfigError("--trial and --by each choose the trial to train: give one")
+    if cli.trial is not None:
+        chosen = next((t for t in result.trials if t.trial_id == cli.trial), None)
+        if chosen is None:
+            known = ", ".join(t.trial_id for t in result.trials[:10])
+            raise ConfigError(f"trial {cli.trial!r} is not in {cli.experiment!r} (its trials: {known})")
+        return chosen, "trial"
+    if cli.by is not None:
+        return result.best_by(cli.by), f"the Pareto front's best {cli.by} trial"
+    return result.best, "the best trial"  # several objectives: a ConfigError saying how to choose
 
 
 def _schedule_for(experiment: Any, cli: argparse.Namespace) -> tuple[Any, ...]:
@@ -459,7 +491,10 @@ def _save_final(trainer: Any, fit: FinalFit, params: dict[str, Any], metrics: di
 def _export(cli: argparse.Namespace) -> int:
     from tunetrain.results import export_trials
 
-    paths = export_trials(cli.experiment_dir, cli.out, trial_id=cli.trial, top_k=cli.top_k, force=cli.force)
+    paths = export_trials(
+        cli.experiment_dir, cli.out, trial_id=cli.trial, top_k=cli.top_k, pareto=cli.pareto, by=cli.by,
+        force=cli.force,
+    )  # fmt: skip
     for path in paths:
         print(path)
     return 0
@@ -487,6 +522,8 @@ def _search(cli: argparse.Namespace) -> int:
         gpus_per_trial=cli.gpus_per_trial,
         restart=cli.restart,
     )
+    if result.multi_objective:
+        return _print_front(result)
     best = result.best
     if best is None:
         print("tunetrain: no trial reported a finite metric", file=sys.stderr)
@@ -495,6 +532,24 @@ def _search(cli: argparse.Namespace) -> int:
         "experiment_dir": result.experiment_dir,
         "best": {"trial_id": best.trial_id, "params": best.params, result.metric: best.metric,
                  "checkpoint": best.checkpoint},
+    }  # fmt: skip
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _print_front(result: Any) -> int:
+    """A search of several objectives ends with its Pareto front (one JSON line, as a search's best)."""
+    front = result.pareto
+    if not front:
+        print("tunetrain: no finished trial reported finite values of every objective", file=sys.stderr)
+        return 1
+    summary = {
+        "experiment_dir": result.experiment_dir,
+        "pareto": [
+            {"trial_id": t.trial_id, "params": t.params, **dict(zip(result.metrics, t.objectives, strict=True)),
+             "checkpoint": t.checkpoint}
+            for t in front
+        ],
     }  # fmt: skip
     print(json.dumps(summary, default=str))
     return 0

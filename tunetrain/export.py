@@ -3,7 +3,8 @@
 An export folder holds:
 - `model.safetensors`: the weights of the trial's best checkpoint (by the search metric, not its last one),
 - `params.json`: the trial's params,
-- `metrics.json`: best and last metric, evaluations run, status, the search metric and mode,
+- `metrics.json`: best and last metric, evaluations run, status, the search metric and mode; for a search of several
+  objectives each one's value at the exported evaluation (`objectives`), their `modes` and the `pareto` flag,
 - `experiment.yaml`: the experiment with its space replaced by the fixed params, so that
   `tunetrain train DIR/experiment.yaml` re-trains the same run; for a trial that PBT exploited, the params of
   step 0 and a `schedule` (the params from each later step: its lineage, back to step 0),
@@ -63,16 +64,17 @@ def write_exports(
     *,
     side_by_side: bool,
     force: bool,
+    prefix: str = "rank",
 ) -> list[Path]:
-    """Export `trials` into `out_dir` (one trial), or side by side as `out_dir/rank-N-TRIAL`. The export dir and
-    every trial's weights are checked before anything is deleted or written."""
+    """Export `trials` into `out_dir` (one trial), or side by side as `out_dir/PREFIX-N-TRIAL` (rank, or pareto for
+    a front). The export dir and every trial's weights are checked before anything is deleted or written."""
     check_export_dir(out_dir, result.experiment_dir)
     with tempfile.TemporaryDirectory(prefix="tunetrain-export-") as staging:  # weights from remote storage
         weights = [trial_weights(result, trial, Path(staging)) for trial in trials]
         clear_export_dir(out_dir, force)
         if not side_by_side:
             return [write_export(out_dir, experiment, result, trials[0], weights[0])]
-        names = [f"rank-{rank}-{trial.trial_id}" for rank, trial in enumerate(trials, start=1)]
+        names = [f"{prefix}-{rank}-{trial.trial_id}" for rank, trial in enumerate(trials, start=1)]
         _write_marker(out_dir, names)
         return [
             write_export(out_dir / name, experiment, result, trial, path)
@@ -95,6 +97,10 @@ def write_export(
         "status": trial.status,
         "num_processes": trial.num_processes,  # the data-parallel world size it trained with
     }
+    if result.multi_objective:  # each objective's value at the exported (best) evaluation, and the front flag
+        metrics["objectives"] = dict(zip(result.metrics, trial.objectives or [], strict=False))
+        metrics["modes"] = dict(zip(result.metrics, result.modes, strict=True))
+        metrics["pareto"] = trial.pareto
     threads = trained_threads(weights.parent)
     if threads:
         metrics["num_threads"] = threads

@@ -554,8 +554,12 @@ class Trainer:
                 control.stop("early_stopping")
 
     def _evaluate(self, dataset: Any, ignore_keys: list[str] | None, prefix: str) -> dict[str, float]:
-        """Loss and compute_metrics over a whole split, in eval mode without gradients."""
-        return self._prediction_loop(dataset, ignore_keys, prefix, False)[0]
+        """Loss and compute_metrics over a whole split, in eval mode without gradients; with `{prefix}_runtime`,
+        `{prefix}_samples_per_second` and `{prefix}_num_parameters` (the model's trainable parameters), which a search
+        can trade accuracy against."""
+        metrics = self._prediction_loop(dataset, ignore_keys, prefix, False)[0]
+        metrics[f"{prefix}_num_parameters"] = num_parameters(self.model)
+        return metrics
 
     def _prediction_loop(
         self, dataset: Any, ignore_keys: list[str] | None, prefix: str, keep: bool
@@ -892,6 +896,11 @@ def train(
 
 
 # ---------------------------------------------------------------------- private helpers
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    """The trainable parameters of `model` (each shared tensor counted once; a DDP wrapper adds none)."""
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
 def _set_seed(seed: int) -> None:

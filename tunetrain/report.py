@@ -6,6 +6,11 @@ PNGs next to the html (`learning_curves.png`, `params.png`, `best_so_far.png`), 
 when trials exploited others (Population Based Training), and embeds them in it as data URIs: the html can be
 mailed or attached alone, it loads nothing from the network.
 
+A search of several objectives has a Pareto front, not one best trial: its report draws the front
+(`pareto.png`: the first two objectives of every trial) and the hypervolume against the evaluations spent
+(`hypervolume.png`) in place of `best_so_far.png`, and highlights the front trials where a search of one metric
+highlights its best.
+
 Figures are built as `matplotlib.figure.Figure` objects and never touch pyplot: that renders with Agg without
 calling `matplotlib.use` (which would switch the backend of a notebook that imports us) and leaves no figure
 behind in pyplot's global registry to close.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import time
 from pathlib import Path
@@ -27,11 +33,14 @@ from tunetrain.storage import experiment_location, is_file, is_uri, write_local_
 from tunetrain.storage.layout import (
     BEST_SO_FAR_PNG,
     CURVES_PNG,
+    HYPERVOLUME_PNG,
     PARAMS_PNG,
+    PARETO_PNG,
     POPULATION_PNG,
     REPORT_NAME,
     RESULTS_NAME,
 )
+from tunetrain.tuning.pareto import hypervolume, pareto_front, reference_point, running_objectives, usable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -63,6 +72,20 @@ _LEGEND_LABELS = {
     "running": "running (>: latest evaluation)",
 }
 _BEST_COLOR = "#000000"
+# pareto.png: the front on top in the best trial's black, the others in their status's color, lighter
+_POINT_STYLES: dict[str, dict[str, Any]] = {
+    "stopped": {"color": "#ff7f0e", "alpha": 0.4, "marker": "x", "s": 30},
+    "dominated": {"color": "#1f77b4", "alpha": 0.55, "marker": "o", "s": 30, "edgecolors": "none"},
+    "running": {"color": "#2ca02c", "alpha": 0.9, "marker": ">", "s": 45, "edgecolors": "none"},
+    "front": {"color": _BEST_COLOR, "marker": "o", "s": 55, "zorder": 5},
+}
+_POINT_LABELS = {
+    "stopped": "pruned or timed_out (judged on a smaller budget)",
+    "dominated": "finished, dominated",
+    "running": "running (its values so far)",
+    "front": "on the Pareto front",
+}
+_MAX_NAMED = 12  # the front trials are named in the figures when there are at most this many
 # the population figure's lineages: the ones most trials carry at the end get a color each, the rest share grey
 _LINEAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _OTHER_LINEAGES_COLOR = "#b0b0b0"
@@ -106,6 +129,17 @@ class Exploit(NamedTuple):
     value: float
 
 
+class ObjectivePoint(NamedTuple):
+    """One trial in `pareto.png`: its values of the first two objectives and its kind: 'front' (on the Pareto front
+    of the finished trials), 'dominated' (finished, off it), 'stopped' (pruned or timed_out: judged on a smaller
+    budget) or 'running' (its values so far)."""
+
+    trial_id: str
+    x: float
+    y: float
+    kind: str
+
+
 class Population(NamedTuple):
     """What `population.png` draws: every trial's segments (trial order, then time), the exploits in the order
     they happened, and the lineages' roots, the one most trials carry at the end first."""
@@ -129,6 +163,7 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
     """Write `report.html` and its PNGs into `out_dir` (default: the experiment dir); return the html path.
 
     The PNGs: learning curves, params and best so far, and the population when some trial exploited another (PBT).
+    A search of several objectives gets the Pareto front and the hypervolume in place of best so far.
 
     Raises `ConfigError` when the experiment dir does not exist, holds no `results.parquet`, or has no trial
     with a finite value of the search metric yet, or `top_k` is below 1.
@@ -139,11 +174,17 @@ def write_report(experiment_dir: str | Path, *, out_dir: str | Path | None = Non
         raise ConfigError(f"experiment dir {str(experiment_dir)!r} is in remote storage: give --out, a local dir")
     out = Path(out_dir) if out_dir is not None else Path(experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = {CURVES_PNG: _save(_curves_figure(result, history), out / CURVES_PNG)}
+    images = {}
+    if result.multi_objective:  # the front first: it is what such a search found
+        images[PARETO_PNG] = _save(_pareto_figure(result), out / PARETO_PNG)
+    images[CURVES_PNG] = _save(_curves_figure(result, history), out / CURVES_PNG)
     if has_exploits(result, history):
         images[POPULATION_PNG] = _save(_population_figure(result, history), out / POPULATION_PNG)
     images[PARAMS_PNG] = _save(_params_figure(result, _log_params(experiment_dir)), out / PARAMS_PNG)
-    images[BEST_SO_FAR_PNG] = _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG)
+    if result.multi_objective:
+        images[HYPERVOLUME_PNG] = _save(_hypervolume_figure(result, history), out / HYPERVOLUME_PNG)
+    else:
+        images[BEST_SO_FAR_PNG] = _save(_best_so_far_figure(result, history), out / BEST_SO_FAR_PNG)
     page = _html_page(result, images, top_k=top_k, as_of=_results_time(experiment_dir))
     path = out / REPORT_NAME
     # written whole: a browser reloading the report of a running search never sees half a page
@@ -209,6 +250,84 @@ def best_so_far_data(result: SearchResult, history: list[dict[str, Any]]) -> tup
             best = value
         ys.append(best)
     return list(range(1, len(ys) + 1)), ys
+
+
+def pareto_points(result: SearchResult) -> list[ObjectivePoint]:
+    """Every trial's values of the first two objectives (`TrialRecord.objectives`: at its best evaluation by the
+    first), in trial order. Errored trials, and trials without a finite value of both, are left out."""
+    points = []
+    for trial in sorted(result.trials, key=lambda t: t.number):
+        if trial.status == "errored" or not trial.objectives or not usable(trial.objectives[:2]):
+            continue
+        if trial.status == "running":
+            kind = "running"
+        elif trial.status in ("pruned", "timed_out"):
+            kind = "stopped"
+        else:
+            kind = "front" if trial.pareto else "dominated"
+        points.append(ObjectivePoint(trial.trial_id, trial.objectives[0], trial.objectives[1], kind))
+    return points
+
+
+def front_staircase(points: list[ObjectivePoint], modes: tuple[str, ...]) -> tuple[list[float], list[float]]:
+    """The attainment staircase of `points` (the front): the edge of what they dominate on the first two objectives
+    (`modes`), from the point best in the first objective to the one best in the second, each step going along the
+    first objective, then the second. A point another dominates on these two (a front of three or more objectives,
+    seen on two) is left out."""
+    vectors = [(p.x, p.y) for p in points]
+    on_plane = sorted(
+        (vectors[i] for i in pareto_front(vectors, modes[:2])), key=lambda v: -v[0] if modes[0] == "max" else v[0]
+    )
+    xs, ys = [], []
+    for i, (x, y) in enumerate(on_plane):
+        if i:
+            xs.append(x)  # the corner: this point's first objective, the one before's second
+            ys.append(on_plane[i - 1][1])
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+def hypervolume_data(result: SearchResult, history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """The hypervolume of the front of every value found so far, after each evaluation of the whole search, on all
+    the objectives; evaluations taken in the order they finished (started_at + time_s, as `best_so_far_data`).
+
+    What a trial has found after an evaluation is its values then, as it tracks them (`running_objectives`: those
+    of its best evaluation by the first metric so far), counted whatever became of the trial later (a trial pruned
+    afterwards, one still running). A value found stays counted when the trial's best moves on, and the reference
+    point (`reference_point` over every value counted) is fixed for the whole curve: it never goes down. As in
+    `best_so_far_data`, an errored trial's evaluations count as compute, never as values. y is 0 until the first
+    finite vector, and NaN throughout when there is none.
+    """
+    status = {t.trial_id: t.status for t in result.trials}
+    rows = _in_order(result, history)
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        entries.setdefault(row["trial_id"], []).append(json.loads(row.get("metrics") or "{}"))
+    running = {
+        trial_id: iter(running_objectives(trial_entries, result.metrics, result.modes))
+        for trial_id, trial_entries in entries.items()
+    }
+    found = []  # after each evaluation: its trial's values then, None where they do not count
+    for row in rows:
+        vector = next(running[row["trial_id"]])
+        found.append(vector if status[row["trial_id"]] != "errored" and usable(vector) else None)
+    xs = list(range(1, len(rows) + 1))
+    counted = [vector for vector in found if vector is not None]
+    if not counted:
+        return xs, [math.nan] * len(rows)
+    reference = reference_point(counted, result.modes)
+    front: list[list[float]] = []
+    volume, ys = 0.0, []
+    for vector in found:
+        if vector is not None and vector not in front:
+            candidates = [*front, vector]
+            on_front = pareto_front(candidates, result.modes)
+            if len(front) in on_front:  # the new values are on the front: it grows (and may drop some it dominates)
+                front = [candidates[i] for i in on_front]
+                volume = hypervolume(front, result.modes, reference)
+        ys.append(volume)
+    return xs, ys
 
 
 def has_exploits(result: SearchResult, history: list[dict[str, Any]]) -> bool:
@@ -340,17 +459,21 @@ def _curves_figure(result: SearchResult, history: list[dict[str, Any]]) -> Figur
     fig = _figure(10, 5.6)
     ax = fig.add_subplot()
     curves = learning_curve_data(result, history)
-    best = result.best
+    highlighted = {t.trial_id: t for t in _highlighted(result) if t.trial_id in curves}
     for trial_id, curve in curves.items():
-        if best is None or trial_id != best.trial_id:
+        if trial_id not in highlighted:
             _draw_curve(ax, curve)
-    if best is not None and best.trial_id in curves:
-        _draw_best_curve(ax, curves[best.trial_id], best, result.metric)
+    if result.multi_objective:
+        _draw_front_curves(ax, {trial_id: curves[trial_id] for trial_id in highlighted})
+    else:
+        for best in highlighted.values():  # the best trial, when it has a curve
+            _draw_best_curve(ax, curves[best.trial_id], best, result.metric)
     _status_legend(ax, {curve.style for curve in curves.values()})
     ax.set_xlabel("evaluation")
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel(result.metric)
-    ax.set_title(f"learning curves of {len(curves)} trials ({_direction(result.mode)})")
+    first = f", the first of {len(result.metrics)} objectives" if result.multi_objective else ""
+    ax.set_title(f"learning curves of {len(curves)} trials ({_direction(result.mode)}{first})")
     ax.grid(alpha=0.3)
     return fig
 
@@ -372,8 +495,20 @@ def _draw_best_curve(ax: Axes, curve: Curve, best: TrialRecord, metric: str) -> 
     ax.annotate(best.trial_id, (curve.x[at], curve.y[at]), xytext=(6, 8), textcoords="offset points", zorder=6)
 
 
+def _draw_front_curves(ax: Axes, curves: dict[str, Curve]) -> None:
+    """The front trials' curves in the best trial's black, one legend entry for all, each named at its end when
+    there are few."""
+    for i, (trial_id, curve) in enumerate(curves.items()):
+        label = f"on the Pareto front ({len(curves)} trials)" if i == 0 else "_nolegend_"
+        ax.plot(curve.x, curve.y, color=_BEST_COLOR, linewidth=2.2, zorder=5, label=label)
+        if len(curves) <= _MAX_NAMED:
+            end = (curve.x[-1], curve.y[-1])
+            ax.annotate(trial_id, end, xytext=(5, 0), textcoords="offset points", fontsize=8, va="center", zorder=6)
+
+
 def _status_legend(ax: Axes, styles: set[str]) -> None:
-    """Legend entries per status drawn (not per trial: a search has too many trials) plus the best trial."""
+    """Legend entries per status drawn (not per trial: a search has too many trials) plus the best trial (or the
+    front)."""
     from matplotlib.lines import Line2D
 
     handles, _ = ax.get_legend_handles_labels()
@@ -444,7 +579,7 @@ def _params_figure(result: SearchResult, log_params: set[str] = frozenset()) -> 
 
 
 def _draw_param(ax: Axes, result: SearchResult, name: str, *, log: bool = False) -> None:
-    """Best metric per ranked trial against this param's value; the best trial is a star."""
+    """Best metric per ranked trial against this param's value; the best trial (or each front trial) is a star."""
     trials = [t for t in result.ranked() if name in t.params]
     values = [t.params[name] for t in trials]
     scale = param_scale(values, log=log) if values else "linear"
@@ -452,10 +587,10 @@ def _draw_param(ax: Axes, result: SearchResult, name: str, *, log: bool = False)
     for trial, x in zip(trials, xs, strict=True):
         color = _LINE_STYLES[_style(trial)]["color"]
         ax.scatter([x], [trial.best_metric], color=color, alpha=0.8, s=28, edgecolors="none")
-    best = result.best
-    if best is not None and best in trials:
-        x = xs[trials.index(best)]
-        ax.scatter([x], [best.best_metric], marker="*", s=220, color="#ffbf00", edgecolors="black", zorder=5)
+    for star in _highlighted(result):
+        if star in trials:
+            x = xs[trials.index(star)]
+            ax.scatter([x], [star.best_metric], marker="*", s=220, color="#ffbf00", edgecolors="black", zorder=5)
     if scale == "log":
         ax.set_xscale("log")
     elif values and all(isinstance(v, int) for v in values):
@@ -494,8 +629,55 @@ def _best_so_far_figure(result: SearchResult, history: list[dict[str, Any]]) -> 
     return fig
 
 
+def _pareto_figure(result: SearchResult) -> Figure:
+    fig = _figure(9, 6)
+    ax = fig.add_subplot()
+    points = pareto_points(result)
+    for kind, style in _POINT_STYLES.items():  # the front last: on top
+        group = [p for p in points if p.kind == kind]
+        if group:
+            label = f"{_POINT_LABELS[kind]}: {len(group)}"
+            ax.scatter([p.x for p in group], [p.y for p in group], label=label, **style)
+    front = [p for p in points if p.kind == "front"]
+    ax.plot(*front_staircase(front, result.modes), color=_BEST_COLOR, linewidth=1.4, zorder=4)
+    if len(front) <= _MAX_NAMED:
+        for p in front:
+            ax.annotate(p.trial_id, (p.x, p.y), xytext=(6, 4), textcoords="offset points", fontsize=8, zorder=6)
+    for k, set_scale, set_label in ((0, ax.set_xscale, ax.set_xlabel), (1, ax.set_yscale, ax.set_ylabel)):
+        name, values = result.metrics[k], [p.y if k else p.x for p in points]
+        log = _log_objective(name, values)
+        if log:
+            set_scale("log")
+        set_label(f"{name} ({_direction(result.modes[k])}{', log' if log else ''})")
+    finished = sum(p.kind in ("front", "dominated") for p in points)
+    more = f", on the first two of {len(result.metrics)} objectives" if len(result.metrics) > 2 else ""
+    ax.set_title(f"Pareto front: {len(front)} of {finished} finished trials{more}")
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _log_objective(name: str, values: list[float]) -> bool:
+    """A model-size objective (`*num_parameters`) whose positive values span more than 10x goes on a log axis."""
+    return name.endswith("num_parameters") and bool(values) and min(values) > 0 and max(values) > 10 * min(values)
+
+
+def _hypervolume_figure(result: SearchResult, history: list[dict[str, Any]]) -> Figure:
+    fig = _figure(10, 4.6)
+    ax = fig.add_subplot()
+    xs, ys = hypervolume_data(result, history)
+    ax.step(xs, ys, where="post", color=_BEST_COLOR, linewidth=2)
+    ax.set_xlabel("evaluations run, all trials (compute spent)")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel("hypervolume")
+    ax.set_title(f"hypervolume of the front found so far ({', '.join(result.metrics)}; higher is better)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def _in_order(result: SearchResult, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """History rows in the order `best_so_far_data` takes them."""
+    """History rows in the order their evaluations finished (the trial's start plus the row's `time_s`): the order
+    `best_so_far_data`, `hypervolume_data` and `population_data` take them."""
     started = {t.trial_id: t.started_at for t in result.trials}
     rows = [r for r in history if r["trial_id"] in started]
     return sorted(rows, key=lambda r: (started[r["trial_id"]] + (r["time_s"] or 0.0), r["evaluation"]))
@@ -527,8 +709,7 @@ def _html_page(result: SearchResult, images: dict[str, bytes], *, top_k: int, as
     title = f"{name}: search report"
     parts = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="sub">metric <b>{_e(result.metric)}</b> (mode {_e(result.mode)}: {_direction(result.mode)})'
-        f" · {len(result.trials)} trials · results as of {_e(as_of)}</p>",
+        f'<p class="sub">{_objectives_html(result)} · {len(result.trials)} trials · results as of {_e(as_of)}</p>',
         _counts_html(result),
         f"<p>{_e(result.summary_line())}</p>",
         f"<h2>Top {min(top_k, len(result.ranked()))} trials</h2>",
@@ -542,6 +723,12 @@ def _html_page(result: SearchResult, images: dict[str, bytes], *, top_k: int, as
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
         f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
+
+
+def _objectives_html(result: SearchResult) -> str:
+    """'metric <b>M</b> (mode max: higher is better)', or for several objectives each one's name and mode."""
+    named = [f"<b>{_e(metric)}</b> (mode {_e(mode)}: {_direction(mode)})" for metric, mode in _objectives(result)]
+    return f"objectives {', '.join(named)}" if result.multi_objective else f"metric {named[0]}"
 
 
 def _counts_html(result: SearchResult) -> str:
@@ -560,17 +747,24 @@ def _counts_html(result: SearchResult) -> str:
 
 
 def _top_table_html(result: SearchResult, top_k: int) -> str:
+    """The top-k trials (by Pareto rank for several objectives: a column per objective and the pareto flag); the
+    best trial's row highlighted, or the front trials' rows."""
     top = result.ranked()[:top_k]
+    highlighted = _highlighted(result)
     names = sorted({name for t in top for name in t.params})
-    header = "".join(f"<th>{_e(h)}</th>" for h in ["#", "trial", result.metric, "status", "evaluations", *names])
+    objectives = [*result.metrics, "pareto"] if result.multi_objective else [result.metric]
+    header = "".join(f"<th>{_e(h)}</th>" for h in ["#", "trial", *objectives, "status", "evaluations", *names])
     rows = [f"<tr>{header}</tr>"]
     for rank, t in enumerate(top, start=1):
-        numbers = [str(rank), t.trial_id, format_value(t.best_metric), t.status, str(t.evaluations)]
-        cells = [
-            f'<td class="num">{_e(c)}</td>' if i in (0, 2, 4) else f"<td>{_e(c)}</td>" for i, c in enumerate(numbers)
-        ]
+        cells = [f'<td class="num">{rank}</td>', f"<td>{_e(t.trial_id)}</td>"]
+        if result.multi_objective:
+            cells += [f'<td class="num">{_e(format_value(v))}</td>' for v in t.objectives]
+            cells.append(f"<td>{'yes' if t.pareto else '-'}</td>")
+        else:
+            cells.append(f'<td class="num">{_e(format_value(t.best_metric))}</td>')
+        cells += [f"<td>{_e(t.status)}</td>", f'<td class="num">{t.evaluations}</td>']
         cells += [f"<td>{_e(format_value(t.params[n]) if n in t.params else '-')}</td>" for n in names]
-        css = ' class="best"' if rank == 1 else ""
+        css = ' class="best"' if t in highlighted else ""
         rows.append(f"<tr{css}>{''.join(cells)}</tr>")
     return '<table class="top">\n' + "\n".join(rows) + "\n</table>"
 
@@ -580,19 +774,28 @@ _FIGURE_TITLES = {
     POPULATION_PNG: "Population",
     PARAMS_PNG: "Params",
     BEST_SO_FAR_PNG: "Best so far",
+    PARETO_PNG: "Pareto front",
+    HYPERVOLUME_PNG: "Hypervolume",
 }
 
 
 def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
     """A figure per image, in the order of `images`."""
+    if result.multi_objective:
+        first = " (the first objective)"
+        highlighted = "the trials on the Pareto front are black, named at their end when there are few."
+        starred = "Stars are the trials on the Pareto front."
+    else:
+        first = ""
+        highlighted = "the best trial is black, its best point a star."
+        starred = "The star is the best trial."
     captions = {
-        CURVES_PNG: f"Learning curves: {result.metric} at each evaluation of every trial. Trials pruned, "
+        CURVES_PNG: f"Learning curves: {result.metric}{first} at each evaluation of every trial. Trials pruned, "
         "stopped_early or timed_out are lighter and end in an x at their last evaluation; errored trials are "
-        "dashed; running trials end in a triangle at their latest evaluation; the best trial is black, its best "
-        "point a star.",
-        PARAMS_PNG: f"Best {result.metric} of each trial that reported one (errored trials left out) against each "
-        "searched param, colored by status as in the learning curves; params the space samples on a log scale, "
-        "and params whose values span more than two decades, are on a log axis. The star is the best trial.",
+        f"dashed; running trials end in a triangle at their latest evaluation; {highlighted}",
+        PARAMS_PNG: f"Best {result.metric}{first} of each trial that reported one (errored trials left out) against "
+        "each searched param, colored by status as in the learning curves; params the space samples on a log "
+        f"scale, and params whose values span more than two decades, are on a log axis. {starred}",
         BEST_SO_FAR_PNG: f"Best {result.metric} found so far against the evaluations run by all trials together, "
         "in the order they finished (the compute spent); grey dots are single evaluations.",
         POPULATION_PNG: f"Population: {result.metric} against the training step of every trial, colored by the "
@@ -602,6 +805,8 @@ def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
         f"joins the copied point to that evaluation. Lineages past the {len(_LINEAGE_COLORS)} that most trials "
         "carry at the end are grey.",
     }
+    if result.multi_objective:
+        captions.update(_front_captions(result))
     parts = []
     for file_name in images:
         title = _FIGURE_TITLES[file_name]
@@ -611,6 +816,22 @@ def _figures_html(result: SearchResult, images: dict[str, bytes]) -> list[str]:
             f"<figcaption>{_e(captions[file_name])} ({_e(file_name)})</figcaption></figure>"
         )
     return parts
+
+
+def _front_captions(result: SearchResult) -> dict[str, str]:
+    """The captions of the figures only a search of several objectives has."""
+    return {
+        PARETO_PNG: f"Pareto front: {result.metrics[1]} against {result.metrics[0]} of every trial, at its best "
+        f"evaluation by {result.metric}. The front of the finished trials (completed or stopped_early) is black, "
+        "joined by the staircase of what it dominates; finished trials off it are lighter; pruned and timed_out "
+        "trials, judged on a smaller budget, are lighter still (x); running trials (a triangle) show their values "
+        "so far; errored trials are left out. A model-size axis whose values span more than 10x is logarithmic.",
+        HYPERVOLUME_PNG: f"Hypervolume of the front of every value found so far ({', '.join(result.metrics)}) "
+        "against the evaluations run by all trials together, in the order they finished (the compute spent). A "
+        "trial's values count from the evaluation that found them, whatever became of it later (pruned, still "
+        "running); errored trials' never. The reference point is each objective's worst value found, moved 10% "
+        "of its range further, fixed for the whole curve.",
+    }
 
 
 def _errors_html(result: SearchResult) -> str:
@@ -633,7 +854,23 @@ def _errors_html(result: SearchResult) -> str:
 def _header_line(result: SearchResult) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
     name = Path(result.experiment_dir).resolve().name
+    if result.multi_objective:
+        named = ", ".join(f"{metric} ({_direction(mode)})" for metric, mode in _objectives(result))
+        return f"{name}: {len(result.trials)} trials ({counts}); objectives {named}"
     return f"{name}: {len(result.trials)} trials ({counts}); {result.metric}, {_direction(result.mode)}"
+
+
+def _objectives(result: SearchResult) -> list[tuple[str, str]]:
+    return list(zip(result.metrics, result.modes, strict=True))
+
+
+def _highlighted(result: SearchResult) -> list[TrialRecord]:
+    """The trials the figures and the table single out: the best trial (none before there is one), or for several
+    objectives, which have no one best, the trials on the Pareto front."""
+    if result.multi_objective:
+        return result.pareto
+    best = result.best
+    return [best] if best is not None else []
 
 
 def _style(trial: TrialRecord) -> str:

@@ -175,6 +175,11 @@ class OptunaReporter(Reporter):
     ) -> None:
         import optuna
 
+        study = getattr(self.trial, "study", None)
+        if study is not None and len(study.directions) > 1:
+            # Optuna takes no intermediate values on several objectives: a search reports each rung's values to its
+            # Pareto pruner itself (tunetrain.tuning.pareto_pruner)
+            return
         value = metrics[self.metric]
         self.trial.report(value, step=state.num_evaluations)
         if self.trial.should_prune():

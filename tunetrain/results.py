@@ -4,7 +4,12 @@ Both search backends feed a `ResultsBook` from the driver process as trials repo
 files (atomically, on a local disk; as single objects, on a pyarrow filesystem) at most every few seconds and at
 the end, so a killed search leaves results that are at most that old, and a rerun picks them up again.
 `SearchResult` reads them back (`read_results`) and answers what a user asks of a search: the best trial, the
-top k, how many ended in each status.
+top k, how many ended in each status; for a search of several objectives, the Pareto front.
+
+Several objectives: a trial's values (`TrialRecord.objectives`) are those of its best evaluation by the first
+metric, the one its best checkpoint holds, so that an exported front trial is the model that scored them. results.
+parquet has a column for each objective's metric and a `pareto` flag: the trial is on the front of the finished
+trials (completed, or ended by their own early stopping; trials pruned at a rung were judged on a smaller budget).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
 
 # timed_out: still training when the search's time budget ran out (the search then ends, finished)
 STATUSES = ("running", "completed", "stopped_early", "pruned", "timed_out", "errored")
+# trained to their own end: what a Pareto front is taken over
+FINISHED_STATUSES = ("completed", "stopped_early")
 
 
 @dataclass
@@ -65,6 +72,10 @@ class TrialRecord:
     # PBT: the exploits that made the trial what it is, oldest first: {trial_id: the donor, step: the donor's step
     # copied, evaluation: the trial's evaluations when it happened}; None for a trial never exploited
     parent: list[dict[str, Any]] | None = None
+    # several objectives: each one's value at the trial's best evaluation (by the first), and whether the trial is
+    # on the front of the finished trials (see the module docstring); None / False for a search of one metric
+    objectives: list[float | None] | None = None
+    pareto: bool = False
     _experiment_dir: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,25 +97,71 @@ class TrialRecord:
 
 @dataclass
 class SearchResult:
-    """The trials of a search, as `results.parquet` holds them; `best` is the best finished trial."""
+    """The trials of a search, as `results.parquet` holds them; `best` is the best finished trial, `pareto` the front
+    of a search of several objectives (`metrics`, `modes`: the first is `metric`, `mode`)."""
 
     experiment_dir: str
     metric: str
     mode: str
     trials: list[TrialRecord]
+    metrics: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.metrics = tuple(self.metrics) or (self.metric,)
+        self.modes = tuple(self.modes) or (self.mode,)
         for trial in self.trials:
             trial._experiment_dir = self.experiment_dir
 
     @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
     def best(self) -> TrialRecord | None:
+        """The best trial; a ConfigError for a search of several objectives, which has a front, not one best."""
+        if self.multi_objective:
+            raise ConfigError(
+                f"the search has {len(self.metrics)} objectives ({', '.join(self.metrics)}), so no one best trial: "
+                "name one (--trial ID), take the Pareto front (--pareto / SearchResult.pareto), or pick on it by one "
+                f"metric (--by {self.metrics[0].removeprefix('eval_')} / SearchResult.best_by)"
+            )
         ranked = self.ranked()
         return ranked[0] if ranked else None
 
+    @property
+    def pareto(self) -> list[TrialRecord]:
+        """The trials on the Pareto front of the finished ones (flagged `pareto`), best ranked first ([] for a search
+        of one metric), the front's extremes first (crowding distance)."""
+        from tunetrain.tuning.pareto import rank
+
+        front = [t for t in self.trials if t.pareto]
+        return [front[i] for i in rank([t.objectives for t in front], self.modes)]
+
+    def best_by(self, metric: str) -> TrialRecord | None:
+        """The front trial with the best value of `metric` (one of `metrics`, eval_ prefix optional); for a search of
+        one metric, `best`."""
+        if not self.multi_objective:
+            return self.best
+        name = metric if metric in self.metrics else f"eval_{metric}"
+        if name not in self.metrics:
+            raise ConfigError(f"`--by` is {metric!r}, but the search's objectives are {', '.join(self.metrics)}")
+        k = self.metrics.index(name)
+        front = self.pareto
+        if not front:
+            return None
+        return sorted(front, key=lambda t: t.objectives[k], reverse=self.modes[k] == "max")[0]
+
     def ranked(self) -> list[TrialRecord]:
-        """Trials with a finite metric, best first; errored trials never rank."""
+        """Trials with a finite metric, best first; errored trials never rank. Several objectives: the front (`pareto`)
+        first, then the other trials with every value finite, ranked by Pareto front, then crowding distance (see
+        `tunetrain.tuning.pareto.rank`; a pruned or running trial may be non-dominated too, but judged on less)."""
         usable = [t for t in self.trials if t.status != "errored" and _finite(t.best_metric)]
+        if self.multi_objective:
+            from tunetrain.tuning.pareto import rank
+
+            rest = [t for t in usable if not t.pareto and t.objectives and all(map(_finite, t.objectives))]
+            return self.pareto + [rest[i] for i in rank([t.objectives for t in rest], self.modes)]
         return sorted(usable, key=lambda t: t.best_metric, reverse=self.mode == "max")
 
     def counts(self) -> dict[str, int]:
@@ -117,11 +174,16 @@ class SearchResult:
             return "no trial has reported a finite metric"
         names = sorted({name for t in top for name in t.params})
         processes = any(t.num_processes > 1 for t in top)  # a column only where trials trained data-parallel
-        header = ["trial", self.metric, "status", "evals", *(["processes"] if processes else []), *names]
+        if self.multi_objective:
+            objectives = [*self.metrics, "pareto"]
+            values = {t.trial_id: [*map(format_value, t.objectives), "yes" if t.pareto else "-"] for t in top}
+        else:
+            objectives, values = [self.metric], {t.trial_id: [format_value(t.best_metric)] for t in top}
+        header = ["trial", *objectives, "status", "evals", *(["processes"] if processes else []), *names]
         rows = [
             [
                 t.trial_id,
-                format_value(t.best_metric),
+                *values[t.trial_id],
                 t.status,
                 str(t.evaluations),
                 *([str(t.num_processes)] if processes else []),
@@ -138,8 +200,15 @@ class SearchResult:
         counts = self.counts()
         finished = len(self.trials) - counts["running"]
         done = f"{finished}/{total}" if total else str(finished)
-        best = self.best
-        best_text = f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
+        if self.multi_objective:
+            front = [t.trial_id for t in self.pareto]
+            more = f", +{len(front) - 3}" if len(front) > 3 else ""
+            best_text = f"Pareto front: {len(front)} ({', '.join(front[:3])}{more})" if front else "no front yet"
+        else:
+            best = self.best
+            best_text = (
+                f"best {self.metric}={format_value(best.best_metric)} ({best.trial_id})" if best else "no best yet"
+            )
         # each status by its own name, as the table and the report show it
         ended = ", ".join(f"{counts[status]} {status}" for status in STATUSES if status != "running" and counts[status])
         running = f"{counts['running']} running" + (f" ({paused} of them paused)" if paused else "")
@@ -153,16 +222,17 @@ class ResultsBook:
         self,
         experiment_dir: str,
         *,
-        metric: str,
-        mode: str,
+        metric: str | tuple[str, ...],
+        mode: str | tuple[str, ...],
         filesystem: pyarrow.fs.FileSystem | None = None,
         min_interval_s: float = 2.0,
     ) -> None:
         from pyarrow import fs
 
         self.experiment_dir = experiment_dir
-        self.metric = metric
-        self.mode = mode
+        self.metrics = metric if isinstance(metric, tuple) else (metric,)  # several: a search of several objectives
+        self.modes = mode if isinstance(mode, tuple) else (mode,)
+        self.metric, self.mode = self.metrics[0], self.modes[0]
         self.filesystem = filesystem or fs.LocalFileSystem()
         self.min_interval_s = min_interval_s
         self.trials: dict[str, TrialRecord] = {}
@@ -222,6 +292,8 @@ class ResultsBook:
         if _finite(value) and (record.best_metric is None or self._better(value, record.best_metric)):
             record.best_metric = value
             record.best_step = int(metrics.get("step", 0))
+            if len(self.metrics) > 1:
+                record.objectives = [parse_float(metrics.get(name), strings=True) for name in self.metrics]
             if checkpoint is not None:
                 record.best_checkpoint = checkpoint
         self._dirty = True
@@ -263,7 +335,9 @@ class ResultsBook:
         self.flush(force=True)
 
     def result(self) -> SearchResult:
-        return SearchResult(self.experiment_dir, self.metric, self.mode, list(self.trials.values()))
+        return SearchResult(
+            self.experiment_dir, self.metric, self.mode, list(self.trials.values()), self.metrics, self.modes
+        )
 
     def final_record(self, trial_id: str, status: str, error: str | None = None) -> dict[str, Any]:
         """A trial's record as it ends (`finish` it with the same `ended_at`), and its history rows: what `restore`
@@ -273,7 +347,7 @@ class ResultsBook:
 
     def restore(self, final: dict[str, Any]) -> None:
         """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end."""
-        record = _row_record(final["record"], _location(self.filesystem, self.experiment_dir))
+        record = _row_record(final["record"], _location(self.filesystem, self.experiment_dir), self.metrics)
         self.trials[record.trial_id] = record
         self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
         for row in final["history"]:
@@ -324,11 +398,14 @@ class ResultsBook:
             return
         import pyarrow as pa
 
-        results_schema, history_schema = _schemas()
+        self._mark_front()
+        results_schema, history_schema = _schemas(self.metrics)
         rows = [self._row(t) for t in sorted(self.trials.values(), key=lambda t: t.number)]
         results = pa.Table.from_pylist(rows, schema=results_schema)
         history = pa.Table.from_pylist(self.history, schema=history_schema)
         metadata = {b"metric": self.metric.encode(), b"mode": self.mode.encode()}
+        if len(self.metrics) > 1:
+            metadata.update({b"metrics": json.dumps(self.metrics).encode(), b"modes": json.dumps(self.modes).encode()})
         write_parquet(
             self.filesystem, f"{self.experiment_dir}/{RESULTS_NAME}", results.replace_schema_metadata(metadata)
         )
@@ -336,10 +413,22 @@ class ResultsBook:
         self._last_write = now
         self._dirty = False
 
+    def _mark_front(self) -> None:
+        """Several objectives: flag the trials on the front of the finished ones (completed, or ended by their own
+        early stopping; a trial pruned at a rung was judged on a smaller budget)."""
+        if len(self.metrics) == 1:
+            return
+        from tunetrain.tuning.pareto import pareto_front
+
+        finished = [t for t in self.trials.values() if t.status in FINISHED_STATUSES and t.objectives]
+        front = {finished[i].trial_id for i in pareto_front([t.objectives for t in finished], self.modes)}
+        for record in self.trials.values():
+            record.pareto = record.trial_id in front
+
     def _row(self, record: TrialRecord) -> dict[str, Any]:
         """A record as the files keep it (every record written goes through here): its checkpoint relative to the
         experiment dir when it is inside it, so that the dir can be moved or copied (`read_results` joins it back)."""
-        row = _record_row(record)
+        row = _record_row(record, self.metrics)
         row["best_checkpoint"] = _relative_checkpoint(
             record.best_checkpoint, self.experiment_dir, local=is_local(self.filesystem)
         )
@@ -367,10 +456,11 @@ def read_results(
             return None
         raise ConfigError(f"experiment {str(experiment_dir)!r} has no {RESULTS_NAME}: no search has run there")
     metadata = table.schema.metadata or {}
-    trials = [_row_record(row, location) for row in _rows(table, path, ("trial_id", "number", "params"))]
-    return SearchResult(
-        str(experiment_dir), metadata.get(b"metric", b"").decode(), metadata.get(b"mode", b"max").decode(), trials
-    )
+    metric, mode = metadata.get(b"metric", b"").decode(), metadata.get(b"mode", b"max").decode()
+    metrics = tuple(json.loads(metadata.get(b"metrics", b"[]"))) or (metric,)
+    modes = tuple(json.loads(metadata.get(b"modes", b"[]"))) or (mode,)
+    trials = [_row_record(row, location, metrics) for row in _rows(table, path, ("trial_id", "number", "params"))]
+    return SearchResult(str(experiment_dir), metric, mode, trials, metrics, modes)
 
 
 def read_history(experiment_dir: str | Path, *, filesystem: pyarrow.fs.FileSystem | None = None) -> list[dict]:
@@ -388,27 +478,54 @@ def export_trials(
     *,
     trial_id: str | None = None,
     top_k: int | None = None,
+    pareto: bool = False,
+    by: str | None = None,
     force: bool = False,
 ) -> list[Path]:
-    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL).
+    """Export the best trial (or `trial_id`, or the best `top_k` side by side as out_dir/rank-N-TRIAL, or with
+    `pareto` every trial of the Pareto front as out_dir/pareto-N-TRIAL; `by`: the front trial best in that metric).
 
+    A search of several objectives has no one best: it needs `trial_id`, `pareto`, `by` or `top_k` (by Pareto rank).
     `out_dir` must not be the experiment dir, inside it or around it; one that is not empty is replaced only with
     `force`, and only when it holds an earlier export and nothing else (see `tunetrain.export`).
     """
     if top_k is not None and top_k < 1:
         raise ConfigError(f"`top_k` is {top_k}, but must be >= 1")
+    chosen_by = [name for name, given in (("trial", trial_id), ("top-k", top_k), ("pareto", pareto), ("by", by))
+                 if given not in (None, False)]  # fmt: skip
+    if len(chosen_by) > 1:
+        raise ConfigError(f"--{' and --'.join(chosen_by)} each choose the trials to export: give one")
     result, experiment = read_experiment(experiment_dir)
+    prefix = "rank"
     if trial_id is not None:
         chosen = [t for t in result.trials if t.trial_id == trial_id]
         if not chosen:
             known = ", ".join(t.trial_id for t in result.trials[:10])
             raise ConfigError(f"trial {trial_id!r} is not in {str(experiment_dir)!r} (its trials: {known})")
+    elif pareto:
+        if not result.multi_objective:
+            raise ConfigError(
+                f"--pareto exports the front of a search of several objectives, but {str(experiment_dir)!r} has one "
+                f"({result.metric}): use --top-k"
+            )
+        chosen, prefix = result.pareto, "pareto"
+        if not chosen:
+            raise ConfigError(f"experiment {str(experiment_dir)!r} has no finished trial on a Pareto front yet")
     else:
-        chosen = result.ranked()[: top_k or 1]
+        if by is not None:
+            best = result.best_by(by)
+            chosen = [best] if best is not None else []
+        elif top_k is not None:
+            chosen = result.ranked()[:top_k]
+        else:
+            best = result.best  # a ConfigError for several objectives: it says how to choose
+            chosen = [best] if best is not None else []
         if not chosen:
             raise ConfigError(f"experiment {str(experiment_dir)!r} holds no finished trial with a finite metric")
-    side_by_side = top_k is not None and trial_id is None
-    return write_exports(Path(out_dir), experiment, result, chosen, side_by_side=side_by_side, force=force)
+    side_by_side = trial_id is None and (top_k is not None or pareto)
+    return write_exports(
+        Path(out_dir), experiment, result, chosen, side_by_side=side_by_side, force=force, prefix=prefix
+    )
 
 
 def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experiment]:
@@ -426,7 +543,8 @@ def read_experiment(experiment_dir: str | Path) -> tuple[SearchResult, Experimen
 # ---------------------------------------------------------------------- private helpers
 
 
-def _schemas() -> tuple[Any, Any]:
+def _schemas(metrics: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """The two tables' schemas; several objectives add a column for each metric and the `pareto` flag."""
     import pyarrow as pa
 
     results = pa.schema(
@@ -445,6 +563,7 @@ def _schemas() -> tuple[Any, Any]:
             ("ended_at", pa.float64()),
             ("num_processes", pa.int64()),
             ("parent", pa.string()),  # JSON: the trial's exploits under PBT (see TrialRecord.parent)
+            *([(name, pa.float64()) for name in metrics] + [("pareto", pa.bool_())] if len(metrics) > 1 else []),
         ]
     )
     history = pa.schema(
@@ -464,17 +583,26 @@ def _schemas() -> tuple[Any, Any]:
     return results, history
 
 
-def _record_row(record: TrialRecord) -> dict[str, Any]:
+def _record_row(record: TrialRecord, metrics: tuple[str, ...]) -> dict[str, Any]:
     row = asdict(record)
     row.pop("_experiment_dir")
     row["params"] = json.dumps(record.params, sort_keys=True, default=str)
     row["parent"] = None if record.parent is None else json.dumps(record.parent, sort_keys=True)
+    objectives = row.pop("objectives") or [None] * len(metrics)
+    if len(metrics) > 1:  # a column for each objective
+        row.update(zip(metrics, objectives, strict=True))
+    else:
+        row.pop("pareto")
     return row
 
 
-def _row_record(row: dict[str, Any], location: str) -> TrialRecord:
+def _row_record(row: dict[str, Any], location: str, metrics: tuple[str, ...] = ()) -> TrialRecord:
     """A record as the files keep it, read back in the experiment dir at `location` (see `_location`)."""
-    row = dict(row)
+    objectives = [parse_float(row.get(name)) for name in metrics] if len(metrics) > 1 else []
+    row = {key: value for key, value in row.items() if key not in metrics}
+    if objectives:
+        row["objectives"] = None if all(value is None for value in objectives) else objectives
+        row["pareto"] = bool(row.get("pareto"))
     row["params"] = json.loads(row["params"] or "{}")
     row["num_processes"] = row.get("num_processes") or 1  # results written before it was recorded
     row["parent"] = json.loads(row["parent"]) if row.get("parent") else None

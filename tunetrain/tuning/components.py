@@ -45,6 +45,17 @@ def _tpe(config: SearchConfig, space: SearchSpace) -> BaseSampler:
         )
 
 
+def _nsga2(config: SearchConfig, space: SearchSpace) -> BaseSampler:
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=nsga2_population(config.num_trials))
+
+
+def nsga2_population(num_trials: int) -> int:
+    """NSGA-II's generation size: a quarter of the trials (at least 4 generations), between 4 and Optuna's 50."""
+    return max(4, min(50, num_trials // 4))
+
+
 def _random(config: SearchConfig, space: SearchSpace) -> BaseSampler:
     import optuna
 
@@ -72,6 +83,7 @@ def _grid(config: SearchConfig, space: SearchSpace) -> BaseSampler:
 
 SAMPLERS: dict[str, Callable[[SearchConfig, SearchSpace], BaseSampler]] = {
     "tpe": _tpe,
+    "nsga2": _nsga2,
     "random": _random,
     "gp": _gp,
     "cmaes": _cmaes,
@@ -87,6 +99,8 @@ def make_sampler(config: SearchConfig, space: SearchSpace) -> BaseSampler:
     - tpe: `TPESampler(multivariate=True)`, with `group=True` when the space has `when:` params (multivariate TPE
       over each set of params that appear together) and `constant_liar` when trials run concurrently (running
       trials count as bad, so concurrent trials spread out).
+    - nsga2: `NSGAIISampler` (genetic, for several objectives; one works too), generations of
+      `nsga2_population(num_trials)` trials; the first generation is random.
     - random: `RandomSampler`. gp: `GPSampler` (torch, scipy; samples `when:` params at random). cmaes:
       `CmaEsSampler` (the `cmaes` package; samples categorical and `when:` params at random, with a warning).
     - grid: a `GridSampler` over `space.grid()` that only stops the study inside `study.optimize`: Optuna's own
@@ -139,8 +153,18 @@ def __getattr__(name: str) -> Any:
 # --- schedulers: stopping trials early --------------------------------------------------------------------------
 
 
-def _successive_halving(config: SearchConfig) -> BasePruner:
+def _successive_halving(config: SearchConfig, max_t: int | None) -> BasePruner:
     import optuna
+
+    if config.multi_objective:  # Optuna's pruners take one objective
+        from tunetrain.tuning.pareto_pruner import ParetoHalvingPruner
+
+        if max_t is None:
+            raise ValueError("the Pareto pruner needs max_t (the run's budget in evaluations)")
+        return ParetoHalvingPruner(
+            modes=config.modes, grace_period=config.scheduler.grace_period,
+            reduction_factor=config.scheduler.reduction_factor, max_t=max_t,
+        )  # fmt: skip
 
     return optuna.pruners.SuccessiveHalvingPruner(
         min_resource=config.scheduler.grace_period,
@@ -149,7 +173,7 @@ def _successive_halving(config: SearchConfig) -> BasePruner:
     )
 
 
-def _no_pruner(config: SearchConfig) -> BasePruner:
+def _no_pruner(config: SearchConfig, max_t: int | None) -> BasePruner:
     import optuna
 
     return optuna.pruners.NopPruner()
@@ -171,10 +195,15 @@ class RaySchedulerInputs:
 
 def _ray_asha(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
     from tunetrain.tuning.ray.protocol import EVALUATION, OBJECTIVE
-    from tunetrain.tuning.ray.schedulers import EarlyStopRecordingASHA, PromotingASHA
+    from tunetrain.tuning.ray.schedulers import EarlyStopRecordingASHA, ParetoASHA, PromotingASHA
 
     scheduler = config.scheduler
-    common = {"metric": OBJECTIVE, "mode": config.mode, "max_t": inputs.max_t,
+    if config.multi_objective:
+        return ParetoASHA(
+            inputs.search_state, metrics=config.metrics, modes=config.modes, max_t=inputs.max_t,
+            grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor,
+        )  # fmt: skip
+    common = {"metric": OBJECTIVE, "mode": config.modes[0], "max_t": inputs.max_t,
               "grace_period": scheduler.grace_period, "reduction_factor": scheduler.reduction_factor}  # fmt: skip
     if scheduler.promote:
         return PromotingASHA(inputs.search_state, num_samples=inputs.num_samples, **common)
@@ -192,7 +221,7 @@ def _ray_pbt(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
         space=inputs.space,
         mutations=pbt_mutations(scheduler, inputs.space),
         exp_dir=inputs.exp_dir,
-        mode=config.mode,
+        mode=config.modes[0],
         seed=config.seed,
         perturbation_interval=scheduler.perturbation_interval,
         burn_in_period=scheduler.burn_in_period,
@@ -205,7 +234,7 @@ def _ray_fifo(config: SearchConfig, inputs: RaySchedulerInputs) -> Any:
     return None  # Ray's FIFOScheduler: every trial runs its whole budget
 
 
-def _ray_only(config: SearchConfig) -> BasePruner:
+def _ray_only(config: SearchConfig, max_t: int | None) -> BasePruner:
     raise ConfigError(  # SearchConfig refuses it first; this is the last word for a config built by hand
         f"`search.scheduler.type` is {config.scheduler.type}, which only the ray backend runs: use backend: ray"
     )
@@ -216,7 +245,7 @@ class Scheduler:
     """One way to stop (or pause, or change) trials, on each backend. `uses_max_t`: it needs the last rung (max_t),
     computed from the run's budget when the file does not set it."""
 
-    optuna_pruner: Callable[[SearchConfig], BasePruner]
+    optuna_pruner: Callable[[SearchConfig, int | None], BasePruner]
     ray_scheduler: Callable[[SearchConfig, RaySchedulerInputs], Any]
     uses_max_t: bool
 
@@ -228,10 +257,11 @@ SCHEDULERS: dict[str, Scheduler] = {
 }
 
 
-def make_pruner(config: SearchConfig) -> BasePruner:
+def make_pruner(config: SearchConfig, max_t: int | None = None) -> BasePruner:
     """The Optuna pruner of `config.scheduler` (optuna backend): asha is `SuccessiveHalvingPruner`, whose rungs count
-    evaluations (the loop reports the metric at every evaluation)."""
-    return SCHEDULERS[config.scheduler.type].optuna_pruner(config)
+    evaluations (the loop reports the metric at every evaluation); on several objectives `ParetoHalvingPruner`
+    (rungs below `max_t`, the last rung)."""
+    return SCHEDULERS[config.scheduler.type].optuna_pruner(config, max_t)
 
 
 def make_ray_scheduler(
@@ -244,7 +274,8 @@ def make_ray_scheduler(
     num_samples: int | None = None,
 ) -> Any:
     """The Ray Tune scheduler of `config.scheduler` (ray backend), or None for Ray's default (FIFO). asha is Ray's
-    ASHAScheduler, or with `promote` tunetrain's `PromotingASHA` (trials pause at rungs); pbt is `ExactPBT`
+    ASHAScheduler, or with `promote` tunetrain's `PromotingASHA` (trials pause at rungs), or on several objectives
+    tunetrain's `ParetoASHA`; pbt is `ExactPBT`
     (which needs the space and the experiment dir)."""
     inputs = RaySchedulerInputs(max_t, search_state, space, exp_dir, num_samples)
     return SCHEDULERS[config.scheduler.type].ray_scheduler(config, inputs)

@@ -5,10 +5,11 @@ search:
   backend: ray                 # ray | optuna
   metric: accuracy             # eval_ prefix added; default: train.metric_for_best_model, else loss
   mode: max                    # max | min; default: train.greater_is_better, or from the metric's name
+  # several objectives: metric: [accuracy, num_parameters] with mode: [max, min] (a Pareto front)
   num_trials: 64
   max_concurrent_trials: 4
   time_budget_s: 3600          # null: no limit
-  sampler: tpe                 # tpe | random | gp | cmaes (needs `pip install cmaes`) | grid
+  sampler: tpe                 # tpe | nsga2 | random | gp | cmaes (needs `pip install cmaes`) | grid
   seed: 0
   scheduler: {type: asha, grace_period: 1, reduction_factor: 3}    # or `asha`, or `none`; in evaluations
   resources_per_trial: {cpu: 1, gpu: 0.25}    # per worker; workers: 2 trains each trial on 2 processes
@@ -56,6 +57,7 @@ BACKENDS = {
 }
 MODES = ("max", "min")
 SAMPLERS = tuple(components.SAMPLERS)
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)  # Optuna's CmaEsSampler takes one objective
 SCHEDULERS = tuple(components.SCHEDULERS)
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes [0, 2**32 - 1]
 _ADDRESS_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -171,8 +173,11 @@ class SearchConfig:
     - `backend`: ray (default) | optuna (an in-process study).
     - `metric`: the full metric key (`accuracy` becomes `eval_accuracy`). `mode`: max | min. From a file both are
       always set: by default the TrainingArguments' `objective_metric` and `greater_is_better`; a metric given
-      without a mode is minimized when its name ends with `loss`, else maximized. Built directly without a metric,
-      both stay None until `objective(args)` resolves them.
+      without a mode is minimized when its name ends with loss, runtime, num_parameters, error or latency, else
+      maximized. Built directly without a metric, both stay None until `objective(args)` resolves them.
+      Several objectives: `metric` a tuple of two or more (a list in a file) and `mode` a tuple of as many; the
+      first metric chooses each trial's best checkpoint, and a trial's values are those of that evaluation (see
+      `metrics`, `modes`). Not with the cmaes sampler, PBT or a pausing ASHA.
     - `num_trials` (>= 1, default 16), `max_concurrent_trials` (>= 1, default 2), `time_budget_s` (> 0, or None
       for no limit).
     - `sampler`: tpe (default) | random | gp | cmaes | grid; see `components.make_sampler`. A grid needs a finite
@@ -190,8 +195,8 @@ class SearchConfig:
     """
 
     backend: str = "ray"
-    metric: str | None = None
-    mode: str | None = None
+    metric: str | tuple[str, ...] | None = None
+    mode: str | tuple[str, ...] | None = None
     num_trials: int = 16
     max_concurrent_trials: int = 2
     time_budget_s: float | None = None
@@ -248,13 +253,33 @@ class SearchConfig:
         metric, mode = _objective(settings["metric"], settings["mode"], args)
         return cls(**{**settings, "metric": metric, "mode": mode})
 
-    def objective(self, args: TrainingArguments) -> tuple[str, str]:
+    def objective(self, args: TrainingArguments) -> tuple[Any, Any]:
         """`(metric, mode)`: this config's, or where it has none the TrainingArguments' (as `from_dict` fills in)."""
         return _objective(self.metric, self.mode, args)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The objectives' metrics, the first of them the one a trial's best checkpoint is chosen by (a tuple of one
+        for a search of one metric). Set: `from_dict` fills the metric in."""
+        if self.metric is None:
+            raise ValueError("this SearchConfig has no metric yet: objective(args) resolves it")
+        return self.metric if isinstance(self.metric, tuple) else (self.metric,)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """max or min for each of `metrics`."""
+        if self.mode is None:
+            return tuple(map(_mode_for_metric, self.metrics))
+        return self.mode if isinstance(self.mode, tuple) else (self.mode,)
+
+    @property
+    def multi_objective(self) -> bool:
+        return isinstance(self.metric, tuple)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML values; `SearchConfig.from_dict(config.to_dict(), ...)` gives back an equal config."""
         out = _fields_of(self)
+        out.update({key: list(out[key]) for key in ("metric", "mode") if isinstance(out[key], tuple)})
         out["scheduler"] = self.scheduler.to_dict()
         out["resources_per_trial"] = self.resources_per_trial.to_dict()
         out["points_to_evaluate"] = [dict(point) for point in self.points_to_evaluate]
@@ -302,7 +327,7 @@ def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> d
     parsers = {
         "backend": lambda value, path: _choice(value, path, problems, tuple(BACKENDS)),
         "metric": lambda value, path: _metric(value, path, problems),
-        "mode": lambda value, path: None if value is None else _choice(value, path, problems, MODES),
+        "mode": lambda value, path: _mode(value, path, problems),
         "num_trials": lambda value, path: _integer(value, path, problems, minimum=1),
         "max_concurrent_trials": lambda value, path: _integer(value, path, problems, minimum=1),
         "time_budget_s": lambda value, path: _time_budget(value, path, problems),
@@ -317,8 +342,27 @@ def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> d
         "keep_checkpoints_per_trial": lambda value, path: _integer(value, path, problems, minimum=1),
     }
     values = {key: parsers[key](value, f"{where}.{key}") for key, value in raw.items()}
-    if values.get("mode") is None and values.get("metric") not in (None, _INVALID):
-        values["mode"] = _mode_for_metric(values["metric"])
+    metric, mode = values.get("metric"), values.get("mode")
+    if metric is _INVALID or mode is _INVALID:
+        return values
+    if isinstance(mode, tuple) and not isinstance(metric, tuple):
+        names = "no metric" if metric is None else "one metric"
+        problems.append(
+            f"`{where}.mode` is a list of {len(mode)}, but `{where}.metric` names {names}: give a list of as many "
+            "metrics (several objectives), or one mode"
+        )
+    elif isinstance(metric, tuple) and mode is not None and not isinstance(mode, tuple):
+        problems.append(
+            f"`{where}.mode` is {mode!r}, but `{where}.metric` names {len(metric)} metrics: give a mode for each, "
+            f"such as [{', '.join(_mode_for_metric(name) for name in metric)}]"
+        )
+    elif isinstance(metric, tuple) and len(mode or metric) != len(metric):
+        problems.append(
+            f"`{where}.mode` has {len(mode)} modes, but `{where}.metric` names {len(metric)} metrics: give one mode "
+            "for each"
+        )
+    elif mode is None and metric is not None:
+        values["mode"] = tuple(map(_mode_for_metric, metric)) if isinstance(metric, tuple) else _mode_for_metric(metric)
     return values
 
 
@@ -469,12 +513,42 @@ def _sampler(value: Any, path: str, problems: list[str]) -> Any:
 
 
 def _metric(value: Any, path: str, problems: list[str]) -> Any:
+    """One metric (a str), or a list of two or more (several objectives: a tuple); the eval_ prefix added."""
     if value is None:
         return None
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:  # a list of one is the search of one metric
+            return _one_metric(value[0], f"{path}[0]", problems)
+        if not value:
+            problems.append(f"`{path}` is an empty list, but must name at least one evaluation metric")
+            return _INVALID
+        names = [_one_metric(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+        if _INVALID in names:
+            return _INVALID
+        if len(set(names)) != len(names):
+            problems.append(f"`{path}` names a metric twice: {show_value(list(value))}")
+            return _INVALID
+        return tuple(names)
+    return _one_metric(value, path, problems)
+
+
+def _one_metric(value: Any, path: str, problems: list[str]) -> Any:
     if not isinstance(value, str) or not value.strip():
         problems.append(f"`{path}` is {show_value(value)}, but must name an evaluation metric such as accuracy")
         return _INVALID
     return value if value.startswith("eval_") else f"eval_{value}"
+
+
+def _mode(value: Any, path: str, problems: list[str]) -> Any:
+    """max or min, or a list of them (a tuple; a list of one is one mode)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return _choice(value[0], f"{path}[0]", problems, MODES)
+        modes = tuple(_choice(item, f"{path}[{index}]", problems, MODES) for index, item in enumerate(value))
+        return _INVALID if _INVALID in modes or not modes else modes
+    return _choice(value, path, problems, MODES)
 
 
 def _time_budget(value: Any, path: str, problems: list[str]) -> Any:
@@ -594,6 +668,9 @@ def _conflicts(settings: Mapping[str, Any], space: SearchSpace, where: str) -> l
     scheduler = valid.get("scheduler")
     if scheduler is not None:
         problems += _scheduler_conflicts(scheduler, valid, space, where)
+    metric = valid.get("metric")
+    if isinstance(metric, tuple):
+        problems += _multi_objective_conflicts(len(metric), valid, where)
     resources = valid.get("resources_per_trial")
     if resources is not None and resources.workers > 1 and valid.get("backend") == "optuna":
         problems.append(
@@ -625,6 +702,26 @@ def _scheduler_conflicts(
         )
     if scheduler.type == "pbt":
         problems += _mutation_problems(scheduler, space, f"{path}.hyperparam_mutations")
+    return problems
+
+
+def _multi_objective_conflicts(count: int, valid: Mapping[str, Any], where: str) -> list[str]:
+    """What cannot judge trials on several objectives: a sampler of one objective, PBT and the pausing ASHA (they
+    rank one number)."""
+    problems = []
+    head = f"`{where}.metric` names {count} metrics (several objectives)"
+    if valid.get("sampler") in SINGLE_OBJECTIVE_SAMPLERS:
+        problems.append(
+            f"{head}, but `{where}.sampler` is {valid['sampler']!r}, which optimizes one: use tpe, nsga2, random, gp "
+            "or grid"
+        )
+    scheduler = valid.get("scheduler")
+    if scheduler is not None and (scheduler.type == "pbt" or scheduler.promote):
+        kind = "pbt" if scheduler.type == "pbt" else "asha with promote: true"
+        problems.append(
+            f"{head}, but `{where}.scheduler` is {kind}, which ranks trials by one: use asha (it stops trials on "
+            "their Pareto rank at each rung) or none"
+        )
     return problems
 
 
@@ -674,14 +771,21 @@ def _conflicts_with_run(
     return problems
 
 
-def _objective(metric: str | None, mode: str | None, args: TrainingArguments) -> tuple[str, str]:
+def _objective(metric: Any, mode: Any, args: TrainingArguments) -> tuple[Any, Any]:
+    if isinstance(metric, tuple):
+        return metric, mode or tuple(map(_mode_for_metric, metric))
     if metric is not None:
         return metric, mode or _mode_for_metric(metric)
     return args.objective_metric, mode or ("max" if args.greater_is_better else "min")
 
 
 def _mode_for_metric(metric: str) -> str:
-    return "min" if metric.endswith("loss") else "max"
+    """What a metric without a mode is taken to want: a loss, a runtime or a size smaller, anything else larger."""
+    return "min" if metric.endswith(_MINIMIZED_SUFFIXES) else "max"
+
+
+# metrics minimized unless a mode says otherwise (the built-in `num_parameters` and `runtime` among them)
+_MINIMIZED_SUFFIXES = ("loss", "runtime", "num_parameters", "error", "latency")
 
 
 # --- messages ---------------------------------------------------------------------------------------------------

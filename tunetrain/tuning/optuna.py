@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ from tunetrain.storage.files import damaged_message
 from tunetrain.storage.layout import JOURNAL_NAME
 from tunetrain.tuning.backend import Backend
 from tunetrain.tuning.components import make_pruner, make_sampler
+from tunetrain.tuning.pareto import objective_values, running_objectives
 from tunetrain.tuning.progress import Progress
-from tunetrain.tuning.trial import evaluation_report, max_t_for, trial_arguments
+from tunetrain.tuning.trial import check_objectives, evaluation_report, max_t_for, trial_arguments
 
 if TYPE_CHECKING:
     import optuna
@@ -135,9 +137,9 @@ def open_study(experiment: Experiment, config: SearchConfig, exp_dir: Experiment
     study = optuna.create_study(
         storage=journal_storage(exp_dir.path),
         study_name=experiment.name,
-        direction="maximize" if config.mode == "max" else "minimize",
+        directions=["maximize" if mode == "max" else "minimize" for mode in config.modes],
         sampler=make_sampler(config, experiment.space),
-        pruner=make_pruner(config),
+        pruner=make_pruner(config, max_t_for(experiment, config)),
         load_if_exists=True,
     )
     if not study.get_trials(deepcopy=False):  # new: enqueued points would otherwise show up as trials
@@ -294,7 +296,11 @@ class _TrialRunner:
         else:
             status = "stopped_early" if metrics.get("stopped") == "early_stopping" else "completed"
             self.book.finish(trial_id, status)
-            study.tell(trial, metrics["best_metric"])
+            if self.config.multi_objective:  # its values at its best evaluation (a NaN among them: Optuna fails it)
+                objectives = self.book.trials[trial_id].objectives or [math.nan] * len(self.config.metrics)
+                study.tell(trial, [math.nan if value is None else value for value in objectives])
+            else:
+                study.tell(trial, metrics["best_metric"])
 
     def _arguments(self, trial_id: str, output_dir: str) -> TrainingArguments:
         # the search keeps keep_checkpoints_per_trial in the trial's own dir: the best counts, the latest survives
@@ -314,11 +320,13 @@ class _TrialRunner:
         # a damaged latest checkpoint (cut short by a kill) is moved aside with a warning: the one before it is used
         resume_from = ckpt.find_latest_usable(args.output_dir) if resuming else None
         if resume_from is not None:
-            _replay_evaluations(trial, self.book, trial_id, resume_from, args.objective_metric)
+            _replay_evaluations(trial, self.book, trial_id, resume_from, self.config)
             logger.info("%s resumes from %s", trial_id, resume_from)
         failures = 0
         while True:
             reporters: list[Reporter] = [_BookReporter(self.book, trial_id)]
+            if self.config.multi_objective:
+                reporters.append(_ParetoRungReporter(trial, self.config.metrics))
             if self.config.scheduler.type == "asha" and self.config.scheduler.max_t is not None:
                 reporters.append(_StopAtMaxT(self.config.scheduler.max_t))
             trainer = Trainer(self.task, args, self.experiment.space, reporters=reporters, console=False)
@@ -370,6 +378,36 @@ class _BookReporter(Reporter):
         self.book.report(self.trial_id, values, checkpoint=str(checkpoint) if checkpoint else None)
 
 
+class _ParetoRungReporter(Reporter):
+    """Several objectives (Optuna's `Trial.report` takes one): each evaluation must return every objective, and the
+    trial's values at each rung go to the study's `ParetoHalvingPruner`, which stops the run when they rank too low
+    there. A trial's last evaluation is recorded, not judged: it ends there anyway."""
+
+    def __init__(self, trial: optuna.Trial, metrics: tuple[str, ...]) -> None:
+        self.trial = trial
+        self.metrics = metrics
+
+    def on_evaluate(
+        self, metrics: dict[str, float], state: TrainerState, control: TrainerControl, checkpoint: Path | None
+    ) -> None:
+        import optuna
+
+        from tunetrain.tuning.pareto_pruner import ParetoHalvingPruner
+
+        check_objectives(metrics, self.metrics)
+        pruner = self.trial.study.pruner
+        if not isinstance(pruner, ParetoHalvingPruner):  # scheduler none: nothing stops a trial
+            return
+        values = objective_values(metrics, state, self.metrics)
+        if not pruner.report(self.trial, state.num_evaluations, values):
+            return
+        last = state.global_step >= state.max_steps or control.should_stop
+        if not last and pruner.prune(self.trial.study, self.trial):
+            shown = ", ".join(f"{name}={value:.6g}" for name, value in zip(self.metrics, values, strict=True))
+            message = f"pruned at evaluation {state.num_evaluations} (step {state.global_step}, Pareto rank: {shown})"
+            control.stop("pruned", optuna.TrialPruned(message))
+
+
 class _StopAtMaxT(Reporter):
     """ASHA's last rung: like Ray's ASHAScheduler, a trial ends (completed) after `max_t` evaluations."""
 
@@ -410,20 +448,30 @@ def _number(trial_id: str) -> int:
     return int(trial_id.rsplit("-", 1)[-1])
 
 
-def _replay_evaluations(trial: optuna.Trial, book: ResultsBook, trial_id: str, checkpoint: Path, metric: str) -> None:
+def _replay_evaluations(
+    trial: optuna.Trial, book: ResultsBook, trial_id: str, checkpoint: Path, config: SearchConfig
+) -> None:
     """Report the evaluations a checkpoint holds to the trial that resumes from it, and to the book.
 
-    The re-enqueued trial is a new Optuna trial: without them its intermediate values would start after the
-    checkpoint. The book may have missed the last ones (it writes at most every few seconds and the driver was
-    killed); it gets them again from the first one it lacks.
+    The re-enqueued trial is a new Optuna trial: without them its intermediate values (on several objectives, its
+    values at the rungs) would start after the checkpoint. The book may have missed the last ones (it writes at
+    most every few seconds and the driver was killed); it gets them again from the first one it lacks.
     """
     from tunetrain import checkpoint as ckpt
 
+    metric = config.metrics[0]
     evaluations = [e for e in ckpt.read_trainer_state(checkpoint).log_history if metric in e]
     recorded = {h["evaluation"] for h in book.history if h["trial_id"] == trial_id}
     first_missing = next((n for n in range(1, len(evaluations) + 1) if n not in recorded), len(evaluations) + 1)
+    from tunetrain.tuning.pareto_pruner import ParetoHalvingPruner
+
+    pruner = trial.study.pruner
+    running = running_objectives(evaluations, config.metrics, config.modes)
     for number, entry in enumerate(evaluations, start=1):
-        trial.report(float(entry[metric]), step=number)
+        if not config.multi_objective:
+            trial.report(float(entry[metric]), step=number)
+        elif isinstance(pruner, ParetoHalvingPruner):  # the values at each rung
+            pruner.report(trial, number, running[number - 1])
         if number >= first_missing:
             saved = ckpt.checkpoint_path(Path(checkpoint).parent, entry["step"])
             values = {metric: entry[metric], "evaluation": number, **entry}

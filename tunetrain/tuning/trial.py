@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from tunetrain.errors import ConfigError
 from tunetrain.task import load_task
 from tunetrain.tuning.components import SCHEDULERS
 
@@ -35,10 +36,20 @@ def trial_arguments(
         disable_tqdm=True,
         logging_dir=logging_dir,
     )
-    greater_is_better = config.mode == "max"
-    if args.objective_metric != config.metric or args.greater_is_better != greater_is_better:
-        args = args.replace(metric_for_best_model=config.metric, greater_is_better=greater_is_better)
+    # several objectives: the first chooses the best checkpoint, whose evaluation gives the trial's values
+    metric, greater_is_better = config.metrics[0], config.modes[0] == "max"
+    if args.objective_metric != metric or args.greater_is_better != greater_is_better:
+        args = args.replace(metric_for_best_model=metric, greater_is_better=greater_is_better)
     return args
+
+
+def check_objectives(metrics: dict[str, Any], names: tuple[str, ...]) -> None:
+    """A ConfigError naming each objective of several the evaluation did not return (the first one the loop checks
+    itself, as `metric_for_best_model`)."""
+    missing = [name for name in names[1:] if name not in metrics]
+    if missing:
+        available = ", ".join(sorted(key for key in metrics if key.startswith("eval_")))
+        raise ConfigError(f"`search.metric` names {', '.join(missing)}, but the evaluation returned only {available}")
 
 
 def evaluation_report(metrics: dict[str, Any], state: TrainerState) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from tunetrain.tuning.explore import check_mutations_keep_shape, pbt_mutations
 from tunetrain.tuning.ray import cluster, state
 from tunetrain.tuning.ray.data_parallel import COORDINATOR_MEMORY, data_parallel_trainable
 from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
-from tunetrain.tuning.ray.protocol import OBJECTIVE
-from tunetrain.tuning.ray.schedulers import ExactPBT, PromotingASHA
+from tunetrain.tuning.ray.protocol import OBJECTIVE, objective_keys
+from tunetrain.tuning.ray.schedulers import ExactPBT, ParetoASHA, PromotingASHA
 from tunetrain.tuning.ray.sealed_fs import sealed_view
 from tunetrain.tuning.ray.search_state import SearchState
 from tunetrain.tuning.ray.worker import TrialSpec, run_trial
@@ -119,6 +119,8 @@ class RayBackend(Backend):
         experiment is now (PBT copies between its trial dirs) and what the history says (a pausing ASHA's rungs)."""
         if isinstance(scheduler, ExactPBT):
             scheduler.exp_dir = self.exp_dir
+        elif isinstance(scheduler, ParetoASHA):
+            scheduler.take_up_history(read_history(self.exp_dir.path, filesystem=self.exp_dir.filesystem))
         elif isinstance(scheduler, PromotingASHA):
             result = read_results(self.exp_dir.path, filesystem=self.exp_dir.filesystem, missing_ok=True)
             running = {t.trial_id for t in result.trials if t.status == "running"} if result else set()
@@ -200,8 +202,9 @@ class RayBackend(Backend):
         searcher = PrunedAwareOptunaSearch(
             search_state,
             space=space.define_by_run,
-            metric=OBJECTIVE,
-            mode=config.mode,
+            # several objectives: a list of each (Ray's OptunaSearch then tells Optuna the trial's values at its end)
+            metric=list(objective_keys(len(config.metrics))) if config.multi_objective else OBJECTIVE,
+            mode=list(config.modes) if config.multi_objective else config.mode,
             sampler=make_sampler(config, space),
             points_to_evaluate=[dict(p) for p in config.points_to_evaluate] or None,
             journal=(self.exp_dir.path, self.experiment.name) if self.exp_dir.is_local else None,

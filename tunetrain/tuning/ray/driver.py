@@ -26,7 +26,15 @@ from tunetrain.storage import ExperimentDir, resolve_storage
 from tunetrain.storage.layout import JOURNAL_NAME
 from tunetrain.tuning.progress import Progress
 from tunetrain.tuning.ray import state
-from tunetrain.tuning.ray.protocol import EVALUATION, FINAL_STATUSES, OBJECTIVE, read_ended, values_of, write_ended
+from tunetrain.tuning.ray.protocol import (
+    EVALUATION,
+    FINAL_STATUSES,
+    OBJECTIVE,
+    objective_keys,
+    read_ended,
+    values_of,
+    write_ended,
+)
 from tunetrain.tuning.ray.search_state import SearchState
 
 logger = logging.getLogger(__name__)
@@ -112,8 +120,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             path, name = self._journal
             repair_journal(f"{path}/{JOURNAL_NAME}")
             storage = journal_storage(path)
-            direction = self._ot_study.direction
-            study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+            directions = self._ot_study.directions
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
             self._mirror_study_id = study._study_id
             self._mirror_storage = storage
         return storage
@@ -177,13 +185,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 return
             if ended.status == "pruned":
                 self.search_state.stopped_early.add(trial_id)
-            result = (
-                {OBJECTIVE: ended.best_metric, EVALUATION: ended.evaluations} if ended.best_metric is not None else None
-            )
+            result = _ended_result(ended)
         if trial_id in self.search_state.stopped_early and not error:
             # Ray does not pass the result at which ASHA stopped a trial to the searcher: report it here, then no
             # value with no error makes OptunaSearch tell the trial PRUNED (its intermediate values stay)
-            if result and OBJECTIVE in result and trial_id in self._ot_trials:
+            multi_objective = isinstance(self.metric, list)  # Optuna takes no intermediate values then
+            if result and OBJECTIVE in result and trial_id in self._ot_trials and not multi_objective:
                 self._ot_trials[trial_id].report(result[OBJECTIVE], result[EVALUATION])
             super().on_trial_complete(trial_id, result=None, error=False)
             return
@@ -199,6 +206,16 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             self.search_state.unknown_trials.add(trial_id)
             logger.warning("trial %s is not in the study Ray restored: Optuna is not told of its results", trial_id)
         return False
+
+
+def _ended_result(ended: Any) -> dict[str, Any] | None:
+    """A result that tells the searcher what a trial ended with (its record), or None where it has no value."""
+    if ended.best_metric is None:
+        return None
+    result = {OBJECTIVE: ended.best_metric, EVALUATION: ended.evaluations}
+    if ended.objectives:  # several objectives
+        result.update(zip(objective_keys(len(ended.objectives)), ended.objectives, strict=True))
+    return result
 
 
 class Bookkeeper(tune.Callback):

@@ -24,6 +24,13 @@ EVALUATION = "evaluation"  # evaluations since the trial began (a resumed trial 
 CURRENT = "current"  # the search metric at this evaluation: what PBT ranks the population by
 METRICS = "metrics"  # everything else of an evaluation, as one JSON string
 
+
+def objective_keys(count: int) -> tuple[str, ...]:
+    """The report keys of a search's objectives: `objective` for the first, `objective_2`, ... for the others (each
+    the trial's value at its best evaluation by the first, see `tunetrain.tuning.pareto.objective_values`)."""
+    return (OBJECTIVE, *(f"{OBJECTIVE}_{k}" for k in range(2, count + 1)))
+
+
 # ended for good (ended.json); an errored trial may run again (resume_errored), unless it ended itself (diverged)
 FINAL_STATUSES = ("completed", "stopped_early", "pruned")
 

@@ -4,6 +4,9 @@
 - `PromotingASHA`: successive halving that pauses: a trial waits at each rung, paused (its resources given back),
   and is resumed from its own checkpoint when it ranks in the top 1/reduction_factor of its rung (ASHA's
   promotions, Li et al. 2020). The first trials to reach a rung no longer go on by default.
+- `ParetoASHA`: async successive halving on several objectives (MO-ASHA): at each rung a trial goes on if its
+  values rank in the top 1/reduction_factor of the rung's by Pareto front and crowding distance
+  (`tunetrain.tuning.pareto.survives_rung`, the Optuna backend's `ParetoHalvingPruner` rule too).
 - `ExactPBT`: Ray's PopulationBasedTraining deciding when and from whom, with our exact checkpoints: an exploit
   copies the donor's checkpoint into the receiver's dir (`tunetrain.tuning.lineage`) and the explore step stays
   inside the search space (`tunetrain.tuning.explore`).
@@ -14,6 +17,7 @@ gives it what the experiment dir holds (`PromotingASHA.take_up_history`; PBT rea
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -27,7 +31,8 @@ from tunetrain.storage import is_dir
 from tunetrain.storage.layout import EXPLOIT_DIR
 from tunetrain.tuning.explore import explore
 from tunetrain.tuning.lineage import commit_exploit, read_lineage
-from tunetrain.tuning.ray.protocol import CURRENT, EVALUATION, OBJECTIVE, values_of
+from tunetrain.tuning.pareto import rung_milestones, survives_rung
+from tunetrain.tuning.ray.protocol import CURRENT, EVALUATION, OBJECTIVE, objective_keys, values_of
 from tunetrain.tuning.ray.search_state import SearchState
 
 if TYPE_CHECKING:
@@ -51,6 +56,81 @@ class EarlyStopRecordingASHA(ASHAScheduler):
         if decision == self.STOP and result.get(EVALUATION, 0) < self._max_t:
             self.search_state.stopped_early.add(trial.trial_id)
         return decision
+
+
+class ParetoASHA(FIFOScheduler):
+    """Asynchronous successive halving on several objectives (see the module docstring).
+
+    Rungs at grace_period x reduction_factor^k evaluations, below max_t. A trial reaching a rung for the first time
+    has its values there recorded (the report's objective keys: each objective at its best evaluation by the first)
+    and goes on if they are among the first max(1, floor(n / reduction_factor)) of the n recorded at that rung, else
+    it is stopped (pruned). Every trial is stopped at max_t (completed), as Ray's ASHA does.
+    """
+
+    _supports_buffered_results = False  # a stop must come at the very report that reaches the rung
+
+    def __init__(
+        self,
+        search_state: SearchState,
+        *,
+        metrics: tuple[str, ...],
+        modes: tuple[str, ...],
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+    ) -> None:
+        super().__init__()
+        self.search_state = search_state
+        self.metrics, self.modes = tuple(metrics), tuple(modes)
+        self._keys = objective_keys(len(self.modes))
+        self._max_t = max_t
+        self._eta = reduction_factor
+        self.rungs = rung_milestones(grace_period, reduction_factor, max_t)
+        self._values: dict[int, dict[str, list[float]]] = {rung: {} for rung in self.rungs}  # rung -> trial -> values
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles the scheduler it was built with: start empty again
+        return {**self.__dict__, "_values": {rung: {} for rung in self.rungs}}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # metrics and modes are ours
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        values = values_of(result)
+        if values.get("error") or EVALUATION not in result:
+            return self.CONTINUE
+        evaluation = int(result[EVALUATION])
+        if evaluation >= self._max_t:
+            return self.STOP
+        rung = self._values.get(evaluation)
+        if rung is None or trial.trial_id in rung:  # not a rung, or reached again by a resumed trial
+            return self.CONTINUE
+        rung[trial.trial_id] = [result.get(key) for key in self._keys]
+        if values.get("last"):  # it ends here by itself: its values count at the rung, there is nothing to stop
+            return self.CONTINUE
+        order = list(rung)
+        if survives_rung(order.index(trial.trial_id), [rung[t] for t in order], self.modes, self._eta):
+            return self.CONTINUE
+        self.search_state.stopped_early.add(trial.trial_id)
+        logger.debug("trial %s stopped at rung %d (Pareto rank)", trial.trial_id, evaluation)
+        return self.STOP
+
+    def debug_string(self) -> str:
+        sizes = ", ".join(f"{rung}: {len(values)}" for rung, values in self._values.items())
+        return f"ParetoASHA: trials at each rung {{{sizes}}}"
+
+    def take_up_history(self, rows: list[dict[str, Any]]) -> None:
+        """A restored search: each trial's values at the rungs, as `rows` (history.parquet's) have them."""
+        from tunetrain.tuning.pareto import running_objectives
+
+        self._values = {rung: {} for rung in self.rungs}
+        by_trial: dict[str, list[dict[str, Any]]] = {}
+        for row in sorted(rows, key=lambda row: row["evaluation"]):
+            by_trial.setdefault(row["trial_id"], []).append(row)
+        for trial_id, trial_rows in by_trial.items():
+            entries = [json.loads(row["metrics"] or "{}") for row in trial_rows]
+            for row, vector in zip(trial_rows, running_objectives(entries, self.metrics, self.modes), strict=True):
+                if row["evaluation"] in self._values:
+                    self._values[row["evaluation"]][trial_id] = vector
 
 
 class PromotingASHA(FIFOScheduler):
@@ -232,16 +312,6 @@ class PromotingASHA(FIFOScheduler):
             if last in self._values and trial_id in running and trial_id not in self._promoted[last]:
                 self._waiting[trial_id] = last
         self._sync_paused()
-
-
-def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """The evaluations at which a trial waits: grace_period x reduction_factor^k (rounded up), below max_t."""
-    rungs, k = [], 0
-    while (rung := math.ceil(grace_period * reduction_factor**k)) < max_t:
-        if not rungs or rung > rungs[-1]:
-            rungs.append(rung)
-        k += 1
-    return rungs
 
 
 class ExactPBT(PopulationBasedTraining):

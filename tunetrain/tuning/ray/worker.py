@@ -24,8 +24,9 @@ from tunetrain.reporting import Reporter
 from tunetrain.storage import ExperimentDir, copy_down, is_file, resolve_storage, upload_dir, uri_for
 from tunetrain.storage.layout import TOKEN_NAME, TRAINER_STATE_NAME
 from tunetrain.tuning.lineage import Lineage, read_lineage, take_up_exploit
-from tunetrain.tuning.ray.protocol import CURRENT, EVALUATION, METRICS, OBJECTIVE, read_ended
-from tunetrain.tuning.trial import evaluation_report, trial_arguments
+from tunetrain.tuning.pareto import objective_values
+from tunetrain.tuning.ray.protocol import CURRENT, EVALUATION, METRICS, OBJECTIVE, objective_keys, read_ended
+from tunetrain.tuning.trial import check_objectives, evaluation_report, trial_arguments
 
 if TYPE_CHECKING:
     from tunetrain.experiment import Experiment
@@ -93,7 +94,7 @@ def train_trial(
         logging_dir=logging_dir,
         save_total_limit=spec.config.keep_checkpoints_per_trial,  # the best counts, the latest survives
     )
-    reporter = TuneReporter(spec.config.metric, store, send, lineage=lineage) if send is not None else None
+    reporter = TuneReporter(spec.config.metrics, store, send, lineage=lineage) if send is not None else None
     reporters = [reporter] if reporter is not None else []
     trainer = Trainer(cached_task(experiment.task), args, experiment.space, reporters=reporters, console=False)
     try:
@@ -227,9 +228,16 @@ class TuneReporter(Reporter):
     """
 
     def __init__(
-        self, metric: str, store: TrialStore, send: Sender = send_to_tune, *, lineage: Lineage | None = None
+        self,
+        metrics: str | tuple[str, ...],
+        store: TrialStore,
+        send: Sender = send_to_tune,
+        *,
+        lineage: Lineage | None = None,
     ) -> None:
-        self.metric = metric
+        # several objectives: the first is the one the loop tracks the best of; the others ride with it
+        self.metrics = metrics if isinstance(metrics, tuple) else (metrics,)
+        self.metric = self.metrics[0]
         self.store = store
         self.send = send
         self.lineage = lineage
@@ -260,6 +268,10 @@ class TuneReporter(Reporter):
             EVALUATION: state.num_evaluations,
             METRICS: json.dumps(values, default=str),
         }
+        if len(self.metrics) > 1:  # the other objectives, at the same (best) evaluation as the first
+            check_objectives(metrics, self.metrics)
+            vector = objective_values(metrics, state, self.metrics)
+            report.update(zip(objective_keys(len(self.metrics))[1:], vector[1:], strict=True))
         self.reports += 1
         self.send(report, self.store.path if self.reports == 1 or last else None)
 
