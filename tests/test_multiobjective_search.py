@@ -33,6 +33,15 @@ def _experiment(tmp_path: Path, backend: str) -> Path:
     return path
 
 
+def _evaluate(model, tmp_path: Path) -> float:
+    """The model's eval accuracy on the experiment's task, as the search scored it."""
+    from tunetrain import Trainer, TrainingArguments
+    from tunetrain.task import load_task
+
+    args = TrainingArguments(output_dir=str(tmp_path / "scored"), per_device_eval_batch_size=500)
+    return Trainer(load_task("tunetrain.tasks.mnist1d:mlp"), args, model=model).evaluate()["eval_accuracy"]
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cli(*args), env=env(), capture_output=True, text=True, timeout=400)
 
@@ -77,11 +86,14 @@ def test_a_two_objective_search_stops_early_flags_its_front_and_exports_it(tmp_p
     assert folders == sorted(f"pareto-{n}-{t.trial_id}" for n, t in enumerate(result.pareto, start=1))
     for folder in folders:
         model = tunetrain.load_model(out / folder)
-        trial_id = folder.split("-", 2)[2]
-        expected = next(t for t in front if t.trial_id == trial_id).objectives[1]
-        assert sum(p.numel() for p in model.parameters()) == expected
+        trial = next(t for t in front if t.trial_id == folder.split("-", 2)[2])
+        assert sum(p.numel() for p in model.parameters()) == trial.objectives[1]
         metrics = json.loads((out / folder / "metrics.json").read_text())
-        assert metrics["pareto"] is True and metrics["objectives"]["eval_num_parameters"] == expected
+        assert metrics["pareto"] is True and metrics["best_step"] == trial.best_step
+        assert metrics["objectives"] == dict(zip(result.metrics, trial.objectives, strict=True))
+    # the weights are those of the evaluation that scored the trial's values: scored again, the same accuracy
+    evaluated = _evaluate(tunetrain.load_model(out / folders[0]), tmp_path)
+    assert evaluated == next(t for t in front if folders[0].endswith(t.trial_id)).objectives[0]
     if backend == "ray":  # the rest reads only the results: the same on either backend
         return
     refused = _run("export", str(exp_dir), "--out", str(tmp_path / "best"))

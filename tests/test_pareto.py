@@ -75,11 +75,29 @@ def test_the_first_trial_at_a_rung_goes_on_and_the_keep_never_drops_to_zero():
     assert survives_rung(0, two, MAX_MIN, 3) and not survives_rung(1, two, MAX_MIN, 3)
 
 
-def test_ties_share_a_front_and_arrival_breaks_them():
+def test_ties_share_a_front_and_go_to_the_newcomer_at_a_rung():
     vectors = [[0.5, 100], [0.5, 100], [0.5, 100], [0.5, 100]]
     assert nondominated_fronts(vectors, MAX_MIN) == [[0, 1, 2, 3]]
-    assert rank(vectors, MAX_MIN) == [0, 1, 2, 3]
-    assert [survives_rung(i, vectors, MAX_MIN, 2) for i in range(4)] == [True, True, False, False]
+    assert rank(vectors, MAX_MIN) == [0, 1, 2, 3]  # for display, arrival breaks the tie
+    # nobody ranks strictly ahead of an equal: each goes on, as a tie goes on under ASHA
+    assert [survives_rung(i, vectors, MAX_MIN, 2) for i in range(4)] == [True] * 4
+    # the first trial at an end of the front does not shut out a later one holding that end better: both ends have
+    # an infinite crowding distance
+    assert survives_rung(1, [[0.5, 100], [0.9, 5000]], MAX_MIN, 3)
+    assert survives_rung(2, [[0.5, 100], [0.9, 5000], [0.95, 9000]], MAX_MIN, 3)
+    assert not survives_rung(2, [[0.5, 100], [0.9, 5000], [0.7, 3000]], MAX_MIN, 3)  # the middle: two ahead
+
+
+def test_trials_on_one_trade_off_curve_go_on_by_their_spread():
+    # sixteen arrivals, none dominated: the ends always go on, a middle one only when few are ahead of it
+    curve = [[0.5 + 0.03 * k, 100 * 1.5**k] for k in range(16)]
+    order = [5, 12, 0, 15, 8, 3, 10, 1, 14, 6, 9, 2, 13, 4, 11, 7]
+    seen, kept = [], []
+    for k in order:
+        seen.append(curve[k])
+        kept.append(survives_rung(len(seen) - 1, seen, MAX_MIN, 3))
+    assert kept[:4] == [True, True, True, True]  # each a new end of the front so far
+    assert 4 <= sum(kept) < 16
 
 
 def test_one_constant_objective_ranks_as_the_other_alone():
@@ -98,7 +116,7 @@ def test_crowding_prefers_the_lonely_point_of_a_front():
     assert distances[0] == distances[3] == math.inf
     assert distances[1] > 0 and distances[2] > 0
     # 1 and 2 are close to each other: whichever has the wider gap to its neighbours ranks first among the middle
-    assert rank(front, MAX_MIN)[:2] == [0, 3]
+    assert rank(front, MAX_MIN) == [0, 3, 2, 1]  # 2's neighbours (0.85, 600) and (0.5, 100) are far apart
 
 
 def _inside(x, point, reference, modes) -> bool:
@@ -219,3 +237,77 @@ def test_every_objective_must_be_in_the_evaluation():
     with pytest.raises(ConfigError, match=r"`search.metric` names eval_size, but the evaluation returned only "
                                           r"eval_accuracy, eval_loss, eval_num_parameters"):  # fmt: skip
         check_objectives(metrics, ("eval_accuracy", "eval_size"))
+
+
+# --- the Optuna backend's wiring: the rung reporter, the replay of a resumed trial ------------------------------
+
+
+def _evaluated(state, accuracy, parameters, *, step):
+    """One evaluation of a run, as the loop leaves it: in the log history, the best by accuracy tracked."""
+    metrics = {"eval_accuracy": accuracy, "eval_num_parameters": parameters}
+    state.global_step = step
+    state.num_evaluations += 1
+    state.log_history.append({**metrics, "step": step})
+    if state.best_metric is None or accuracy > state.best_metric:
+        state.best_metric, state.best_global_step = accuracy, step
+    return metrics
+
+
+def test_the_rung_reporter_records_every_rung_and_stops_a_trial_ranked_out_but_not_at_its_last_evaluation():
+    from tunetrain.checkpoint import TrainerState
+    from tunetrain.reporting import TrainerControl
+    from tunetrain.tuning.optuna import _ParetoRungReporter
+
+    names = ("eval_accuracy", "eval_num_parameters")
+    study = _study(ParetoHalvingPruner(modes=MAX_MIN, grace_period=1, reduction_factor=3, max_t=9))
+
+    def run(evaluations, max_steps=90):
+        trial = study.ask()
+        reporter, state, control = (
+            _ParetoRungReporter(trial, names),
+            TrainerState(max_steps=max_steps),
+            TrainerControl(),
+        )
+        for step, (accuracy, parameters) in enumerate(evaluations, start=1):
+            reporter.on_evaluate(_evaluated(state, accuracy, parameters, step=10 * step), state, control, None)
+            if control.should_stop:
+                break
+        return trial, control
+
+    leader, control = run([(0.5, 100), (0.6, 100), (0.7, 100)])
+    assert not control.should_stop
+    assert leader.user_attrs == {"rung_1": [0.5, 100], "rung_3": [0.7, 100]}  # 2 is no rung
+    loser, control = run([(0.4, 200), (0.9, 200)])
+    assert control.reason == "pruned" and isinstance(control.exception, optuna.TrialPruned)
+    assert loser.user_attrs == {"rung_1": [0.4, 200]}  # stopped at its first rung
+    assert "Pareto rank: eval_accuracy=0.4, eval_num_parameters=200" in str(control.exception)
+    # a run whose first evaluation is its last is judged by nobody: it ends there anyway
+    last, control = run([(0.1, 900)], max_steps=10)
+    assert not control.should_stop and last.user_attrs["rung_1"] == [0.1, 900]
+    with pytest.raises(ConfigError, match="names eval_num_parameters, but the evaluation returned only"):
+        _ParetoRungReporter(study.ask(), names).on_evaluate(
+            {"eval_accuracy": 1.0}, TrainerState(), TrainerControl(), None
+        )
+
+
+def test_a_resumed_trial_replays_its_rungs_values_from_its_checkpoint(tmp_path):
+    from tunetrain.checkpoint import TrainerState
+    from tunetrain.results import ResultsBook
+    from tunetrain.tuning.config import SearchConfig
+    from tunetrain.tuning.optuna import _replay_evaluations
+
+    state = TrainerState(max_steps=90)
+    for step, (accuracy, parameters) in enumerate([(0.5, 100), (0.7, 100), (0.6, 100)], start=1):
+        _evaluated(state, accuracy, parameters, step=10 * step)
+    checkpoint = tmp_path / "trial-0000" / "checkpoint-30"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(state.to_json())
+    config = SearchConfig(metric=("eval_accuracy", "eval_num_parameters"), mode=MAX_MIN)
+    study = _study(ParetoHalvingPruner(modes=MAX_MIN, grace_period=1, reduction_factor=3, max_t=9))
+    trial = study.ask()
+    book = ResultsBook(str(tmp_path), metric=config.metric, mode=config.mode)
+    book.start("trial-0000", 0, {})
+    _replay_evaluations(trial, book, "trial-0000", checkpoint, config)
+    # rung 3 holds the best by accuracy so far (evaluation 2's), as the reporter would have recorded it
+    assert trial.user_attrs == {"rung_1": [0.5, 100], "rung_3": [0.7, 100]}
+    assert book.trials["trial-0000"].objectives == [0.7, 100] and book.last_evaluation("trial-0000") == 3

@@ -646,8 +646,12 @@ def test_several_objectives_are_lists_of_metrics_and_modes():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"metric": ["accuracy", "num_parameters"], "mode": ["max"]},  # a list of one is one mode
-         "`search.mode` is 'max', but `search.metric` names 2 metrics"),
+        ({"metric": ["accuracy", "num_parameters"], "mode": ["max"]},
+         "`search.mode` has 1 modes, but `search.metric` names 2 metrics"),
+        ({"metric": ["num_parameters", "accuracy"], "mode": ["min", "max"]},
+         "`search.metric[0]` is eval_num_parameters, but the first objective chooses each trial's best checkpoint"),
+        ({"metric": ["eval_runtime", "accuracy"]}, "put a metric training improves first, such as [accuracy, runtime]"),
+        ({"metric": ["accuracy", "num_parameters"], "mode": []}, "`search.mode` is an empty list"),
         ({"metric": ["accuracy", "num_parameters", "loss"], "mode": ["max", "min"]},
          "`search.mode` has 2 modes, but `search.metric` names 3 metrics"),
         ({"metric": ["accuracy", "num_parameters"], "mode": "max"},

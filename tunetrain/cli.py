@@ -390,6 +390,10 @@ def _what_to_train(cli: argparse.Namespace) -> tuple[Any, dict[str, Any], tuple[
     result, experiment = read_experiment(cli.experiment)  # an experiment dir: the best trial's params
     experiment = experiment_from_dict(apply_overrides(experiment.to_dict(), cli.overrides))
     if cli.params is not None:
+        if cli.trial is not None or cli.by is not None:
+            raise ConfigError(
+                f"--params and --{'trial' if cli.trial is not None else 'by'} each give the params: give one"
+            )
         return experiment, _params_for(experiment, cli.params), (), default_output
     trial, which = _chosen_trial(result, cli)
     if trial is None:
@@ -541,8 +545,16 @@ def _print_front(result: Any) -> int:
     """A search of several objectives ends with its Pareto front (one JSON line, as a search's best)."""
     front = result.pareto
     if not front:
-        print("tunetrain: no finished trial reported finite values of every objective", file=sys.stderr)
-        return 1
+        if not result.ranked():
+            print("tunetrain: no trial reported finite values of every objective", file=sys.stderr)
+            return 1
+        counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
+        print(
+            f"tunetrain: no trial trained to its end ({counts}), so there is no Pareto front (it is taken over "
+            "finished trials): see them with tunetrain report, export one with --trial ID",
+            file=sys.stderr,
+        )
+        return 0
     summary = {
         "experiment_dir": result.experiment_dir,
         "pareto": [

@@ -11,6 +11,7 @@ imported from optuna or ray until a builder runs.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from tunetrain.storage import ExperimentDir
     from tunetrain.tuning.config import SearchConfig
     from tunetrain.tuning.ray.search_state import SearchState
+
+logger = logging.getLogger(__name__)
 
 
 # --- samplers ---------------------------------------------------------------------------------------------------
@@ -48,7 +51,15 @@ def _tpe(config: SearchConfig, space: SearchSpace) -> BaseSampler:
 def _nsga2(config: SearchConfig, space: SearchSpace) -> BaseSampler:
     import optuna
 
-    return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=nsga2_population(config.num_trials))
+    population = nsga2_population(config.num_trials)
+    if config.scheduler.type != "none":
+        # Optuna's NSGA-II breeds a generation from the completed trials of the one before: pruned ones do not count
+        logger.warning(
+            "search.sampler is nsga2, whose next generation comes after %d trials of one complete; with "
+            "search.scheduler %s stopping most trials early it can stay in its first, random, generation: use "
+            "scheduler: none with nsga2, or sampler: tpe", population, config.scheduler.type,
+        )  # fmt: skip
+    return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=population)
 
 
 def nsga2_population(num_trials: int) -> int:

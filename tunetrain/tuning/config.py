@@ -58,6 +58,8 @@ BACKENDS = {
 MODES = ("max", "min")
 SAMPLERS = tuple(components.SAMPLERS)
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)  # Optuna's CmaEsSampler takes one objective
+# what every evaluation reports of its cost, which training does not improve: an objective, never the first
+COST_METRICS = ("eval_num_parameters", "eval_runtime", "eval_samples_per_second")
 SCHEDULERS = tuple(components.SCHEDULERS)
 _MAX_SEED = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes [0, 2**32 - 1]
 _ADDRESS_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -177,11 +179,12 @@ class SearchConfig:
       maximized. Built directly without a metric, both stay None until `objective(args)` resolves them.
       Several objectives: `metric` a tuple of two or more (a list in a file) and `mode` a tuple of as many; the
       first metric chooses each trial's best checkpoint, and a trial's values are those of that evaluation (see
-      `metrics`, `modes`). Not with the cmaes sampler, PBT or a pausing ASHA.
+      `metrics`, `modes`), so it must be one training improves, not a cost (`COST_METRICS`). Not with the cmaes
+      sampler, PBT or a pausing ASHA.
     - `num_trials` (>= 1, default 16), `max_concurrent_trials` (>= 1, default 2), `time_budget_s` (> 0, or None
       for no limit).
-    - `sampler`: tpe (default) | random | gp | cmaes | grid; see `components.make_sampler`. A grid needs a finite
-      space without `when:`; `num_trials` is not capped at the grid size here: Optuna's study stops once the grid
+    - `sampler`: tpe (default) | nsga2 | random | gp | cmaes | grid; see `components.make_sampler`. A grid needs a
+      finite space without `when:`; `num_trials` is not capped at the grid size here: Optuna's study stops once the grid
       is exhausted, but under ask-and-tell (Ray) further trials repeat grid points, so the Ray backend caps it.
     - `seed` (in [0, 2**32 - 1], default 0): the sampler's seed.
     - `scheduler`: a `SchedulerConfig`; in a file `asha`, `none` (also `no` / false), null (asha) or a mapping.
@@ -345,6 +348,8 @@ def _search_values(raw: Mapping[str, Any], where: str, problems: list[str]) -> d
     metric, mode = values.get("metric"), values.get("mode")
     if metric is _INVALID or mode is _INVALID:
         return values
+    if isinstance(mode, tuple) and len(mode) == 1 and not isinstance(metric, tuple):  # [max] with one metric
+        values["mode"] = mode = mode[0]
     if isinstance(mode, tuple) and not isinstance(metric, tuple):
         names = "no metric" if metric is None else "one metric"
         problems.append(
@@ -544,10 +549,11 @@ def _mode(value: Any, path: str, problems: list[str]) -> Any:
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        if len(value) == 1:
-            return _choice(value[0], f"{path}[0]", problems, MODES)
+        if not value:
+            problems.append(f"`{path}` is an empty list, but must be max or min, or a list of them")
+            return _INVALID
         modes = tuple(_choice(item, f"{path}[{index}]", problems, MODES) for index, item in enumerate(value))
-        return _INVALID if _INVALID in modes or not modes else modes
+        return _INVALID if _INVALID in modes else modes
     return _choice(value, path, problems, MODES)
 
 
@@ -709,6 +715,13 @@ def _multi_objective_conflicts(count: int, valid: Mapping[str, Any], where: str)
     """What cannot judge trials on several objectives: a sampler of one objective, PBT and the pausing ASHA (they
     rank one number)."""
     problems = []
+    first = valid["metric"][0]
+    if first in COST_METRICS:
+        problems.append(
+            f"`{where}.metric[0]` is {first}, but the first objective chooses each trial's best checkpoint (and the "
+            "evaluation whose values the trial keeps), and training does not improve it: put a metric training "
+            "improves first, such as [accuracy, " + first.removeprefix("eval_") + "]"
+        )
     head = f"`{where}.metric` names {count} metrics (several objectives)"
     if valid.get("sampler") in SINGLE_OBJECTIVE_SAMPLERS:
         problems.append(

@@ -296,9 +296,14 @@ class _TrialRunner:
         else:
             status = "stopped_early" if metrics.get("stopped") == "early_stopping" else "completed"
             self.book.finish(trial_id, status)
-            if self.config.multi_objective:  # its values at its best evaluation (a NaN among them: Optuna fails it)
+            if self.config.multi_objective:  # its values at its best evaluation
                 objectives = self.book.trials[trial_id].objectives or [math.nan] * len(self.config.metrics)
-                study.tell(trial, [math.nan if value is None else value for value in objectives])
+                values = [math.nan if value is None else value for value in objectives]
+                for name, value in zip(self.config.metrics, values, strict=True):
+                    if not math.isfinite(value):  # Optuna fails a trial told a NaN; the results keep it completed
+                        logger.warning("%s: %s is %s at its best evaluation: Optuna records the trial as failed",
+                                       trial_id, name, value)  # fmt: skip
+                study.tell(trial, values)
             else:
                 study.tell(trial, metrics["best_metric"])
 

@@ -14,8 +14,9 @@ benchmark's hypervolume (`hypervolume`, `reference_point`).
   infinite one, so both ends of the trade-off go on), and then by arrival (the index: the earlier first). Equal
   vectors do not dominate each other: they share a front. An objective that is constant across a front adds nothing
   to the crowding distance, so one constant objective ranks as the other alone does.
-- `survives_rung`: of the n vectors that reached a rung, the first max(1, floor(n / reduction_factor)) of `rank`
-  go on (Syne Tune's MO-ASHA; one objective gives ASHA's rule).
+- `survives_rung`: of the n vectors that reached a rung, the one just arrived goes on if fewer than
+  max(1, floor(n / reduction_factor)) rank strictly ahead of it (Syne Tune's MO-ASHA; a tie goes to the newcomer;
+  one objective gives ASHA's rule).
 """
 
 from __future__ import annotations
@@ -97,11 +98,18 @@ def crowding_distances(vectors: Sequence[Vector], modes: Sequence[str]) -> list[
 def rank(vectors: Sequence[Vector], modes: Sequence[str]) -> list[int]:
     """Every index, best first (see the module docstring): front, then crowding distance, then arrival; unusable
     vectors last, in arrival order."""
-    order: list[int] = []
-    for front in nondominated_fronts(vectors, modes):
+    keys = _rank_keys(vectors, modes)
+    usable_order = sorted(keys, key=lambda i: (*keys[i], i))
+    return usable_order + [i for i, vector in enumerate(vectors) if not usable(vector)]
+
+
+def _rank_keys(vectors: Sequence[Vector], modes: Sequence[str]) -> dict[int, tuple[int, float]]:
+    """Each usable vector's (front, -crowding distance): smaller ranks first."""
+    keys: dict[int, tuple[int, float]] = {}
+    for number, front in enumerate(nondominated_fronts(vectors, modes)):
         distances = crowding_distances([vectors[i] for i in front], modes)
-        order += [i for _, i in sorted(zip(distances, front, strict=True), key=lambda pair: (-pair[0], pair[1]))]
-    return order + [i for i, vector in enumerate(vectors) if not usable(vector)]
+        keys.update({i: (number, -distance) for i, distance in zip(front, distances, strict=True)})
+    return keys
 
 
 def pareto_front(vectors: Sequence[Vector], modes: Sequence[str]) -> list[int]:
@@ -111,12 +119,17 @@ def pareto_front(vectors: Sequence[Vector], modes: Sequence[str]) -> list[int]:
 
 
 def survives_rung(candidate: int, vectors: Sequence[Vector], modes: Sequence[str], reduction_factor: float) -> bool:
-    """Whether `vectors[candidate]` goes on from a rung that `vectors` (itself among them) reached: it is among the
-    first max(1, floor(n / reduction_factor)) of `rank`, and usable."""
+    """Whether `vectors[candidate]` goes on from a rung that `vectors` (itself among them) reached: it is usable and
+    fewer than max(1, floor(n / reduction_factor)) vectors rank strictly ahead of it (a better front, or the same
+    front and a larger crowding distance). A tie goes to the candidate, as in ASHA (the newcomer at a rung is the one
+    judged; the others were judged when they came): both ends of a front have an infinite crowding distance, and
+    the first trial at an end must not shut out a later one that holds the same end better."""
     if not usable(vectors[candidate]):
         return False
     keep = max(1, math.floor(len(vectors) / reduction_factor))
-    return candidate in rank(vectors, modes)[:keep]
+    keys = _rank_keys(vectors, modes)
+    ahead = sum(key < keys[candidate] for i, key in keys.items() if i != candidate)
+    return ahead < keep
 
 
 def rung_milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
