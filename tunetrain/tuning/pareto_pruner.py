@@ -23,9 +23,9 @@ RUNG_ATTR = "rung_{}"  # the user attr of a trial's values at the rung of that m
 class ParetoHalvingPruner(BasePruner):
     """Rungs at grace_period x reduction_factor^k evaluations, below `max_t`. At each, a trial goes on if fewer than
     max(1, floor(n / reduction_factor)) of the n trials that reached it rank strictly ahead of it, by Pareto front
-    and crowding distance (`survives_rung`). The caller records a trial's values with `report` (the backend's reporter does, at every
-    evaluation) and asks `prune` right after; a trial re-run after an interruption (the same `trial_id` user attr)
-    counts once, as its latest run."""
+    and crowding distance (`survives_rung`). The caller records a trial's values with `report` (the backend's
+    reporter does, at every evaluation) and asks `prune` right after; a trial re-run after an interruption (the same
+    `trial_id` user attr) counts once, as its latest run."""
 
     def __init__(self, *, modes: Sequence[str], grace_period: int, reduction_factor: float, max_t: int) -> None:
         self.modes = tuple(modes)

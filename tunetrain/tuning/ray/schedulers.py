@@ -64,7 +64,8 @@ class ParetoASHA(FIFOScheduler):
     Rungs at grace_period x reduction_factor^k evaluations, below max_t. A trial reaching a rung for the first time
     has its values there recorded (the report's objective keys: each objective at its best evaluation by the first)
     and goes on if fewer than max(1, floor(n / reduction_factor)) of the n recorded at that rung rank strictly ahead
-    of them (`survives_rung`), else it is stopped (pruned). Every trial is stopped at max_t (completed), as Ray's ASHA does.
+    of them (`survives_rung`), else it is stopped (pruned). Every trial is stopped at max_t (completed), as Ray's
+    ASHA does.
     """
 
     _supports_buffered_results = False  # a stop must come at the very report that reaches the rung
