@@ -59,10 +59,13 @@ def _every_row_in_the_space(exp_dir: Path) -> list[dict]:
     return rows
 
 
+EPOCHS = 14  # an evaluation each: 7 perturbation rounds of a trial (20 cost ~10 s more of the suite)
+
+
 def test_a_pbt_search_killed_mid_way_resumes_stays_in_the_space_and_its_exploited_trial_re_trains_exactly(tmp_path):
     # (an uninterrupted PBT search, exported and re-trained, is examples/pbt.py, run by test_examples.py)
     scheduler = {"type": "pbt", "perturbation_interval": 2}
-    experiment = _experiment(tmp_path, "pk", epochs=20, num_trials=4, scheduler=scheduler)
+    experiment = _experiment(tmp_path, "pk", epochs=EPOCHS, num_trials=4, scheduler=scheduler)
     exp_dir = tmp_path / "runs" / "pk"
     driver = start_search(experiment)
     try:
@@ -77,7 +80,7 @@ def test_a_pbt_search_killed_mid_way_resumes_stays_in_the_space_and_its_exploite
     exploited = [trial for trial in result.trials if trial.parent]
     assert exploited, "no trial was exploited"
     for trial in result.trials:
-        assert trial.evaluations == 20 and Path(trial.best_checkpoint, "model.safetensors").is_file()
+        assert trial.evaluations == EPOCHS and Path(trial.best_checkpoint, "model.safetensors").is_file()
         for exploit in trial.parent or []:
             assert exploit["trial_id"] in known and exploit["trial_id"] != trial.trial_id
         if trial.parent:
@@ -91,7 +94,7 @@ def test_a_pbt_search_killed_mid_way_resumes_stays_in_the_space_and_its_exploite
         since = [row for row in rows if row["trial_id"] == trial.trial_id]
         start = max((i for i, row in enumerate(since) if row["parent"]), default=0)
         numbers = [row["evaluation"] for row in since[start:]]
-        assert numbers == list(range(numbers[0], 21))
+        assert numbers == list(range(numbers[0], EPOCHS + 1))
 
     # the trial exploited most re-trains, from its export (its lineage as a schedule), to its metric exactly
     chosen = max(exploited, key=lambda trial: (len(trial.parent), trial.best_metric))
