@@ -553,3 +553,13 @@ def test_export_takes_one_way_of_choosing_trials(tmp_path):
         export_trials(tmp_path / "runs" / "x", tmp_path / "out", top_k=2, pareto=True)
     with pytest.raises(ConfigError, match="--trial and --by each choose"):
         export_trials(tmp_path / "runs" / "x", tmp_path / "out", trial_id="t", by="accuracy")
+
+
+def test_a_trial_is_found_by_its_id_or_refused_naming_the_trials_there(tmp_path):
+    book = _mo_book(tmp_path)
+    _mo_trial(book, "big", [(0.90, 5000)], "completed")
+    book.flush(force=True)
+    result = read_results(str(tmp_path))
+    assert result.trial("big").objectives == [0.90, 5000]
+    with pytest.raises(ConfigError, match=rf"trial 'nope' is not in '{re.escape(str(tmp_path))}' \(its trials: big\)"):
+        result.trial("nope")

@@ -408,11 +408,7 @@ def _chosen_trial(result: Any, cli: argparse.Namespace) -> tuple[Any, str]:
     if cli.trial is not None and cli.by is not None:
         raise ConfigError("--trial and --by each choose the trial to train: give one")
     if cli.trial is not None:
-        chosen = next((t for t in result.trials if t.trial_id == cli.trial), None)
-        if chosen is None:
-            known = ", ".join(t.trial_id for t in result.trials[:10])
-            raise ConfigError(f"trial {cli.trial!r} is not in {cli.experiment!r} (its trials: {known})")
-        return chosen, "trial"
+        return result.trial(cli.trial), "trial"
     if cli.by is not None:
         return result.best_by(cli.by), f"the Pareto front's best {cli.by} trial"
     return result.best, "the best trial"  # several objectives: a ConfigError saying how to choose

@@ -138,6 +138,14 @@ class SearchResult:
         front = [t for t in self.trials if t.pareto]
         return [front[i] for i in rank([t.objectives for t in front], self.modes)]
 
+    def trial(self, trial_id: str) -> TrialRecord:
+        """The trial of that id; a ConfigError naming the experiment and some of its trials where it has none."""
+        found = next((t for t in self.trials if t.trial_id == trial_id), None)
+        if found is None:
+            known = ", ".join(t.trial_id for t in self.trials[:10])
+            raise ConfigError(f"trial {trial_id!r} is not in {self.experiment_dir!r} (its trials: {known})")
+        return found
+
     def best_by(self, metric: str) -> TrialRecord | None:
         """The front trial with the best value of `metric` (one of `metrics`, eval_ prefix optional); for a search of
         one metric, `best`."""
@@ -498,10 +506,7 @@ def export_trials(
     result, experiment = read_experiment(experiment_dir)
     prefix = "rank"
     if trial_id is not None:
-        chosen = [t for t in result.trials if t.trial_id == trial_id]
-        if not chosen:
-            known = ", ".join(t.trial_id for t in result.trials[:10])
-            raise ConfigError(f"trial {trial_id!r} is not in {str(experiment_dir)!r} (its trials: {known})")
+        chosen = [result.trial(trial_id)]
     elif pareto:
         if not result.multi_objective:
             raise ConfigError(
