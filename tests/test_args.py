@@ -30,6 +30,10 @@ def test_defaults_follow_transformers():
 def test_eval_steps_defaults_to_logging_steps():
     assert TrainingArguments(logging_steps=7).eval_steps == 7
     assert TrainingArguments(logging_steps=7, eval_steps=3).eval_steps == 3
+    # logging off may leave logging_steps at 0: evaluating every 0 steps was a ZeroDivisionError in the loop
+    with pytest.raises(ConfigError, match=r"^`eval_steps` is unset, so it is logging_steps \(0\), but must be >= 1"):
+        TrainingArguments(eval_strategy="steps", logging_strategy="no", logging_steps=0)
+    assert TrainingArguments(logging_strategy="no", logging_steps=0).eval_steps == 0  # no evaluation: no matter
 
 
 def test_no_metric_is_chosen_until_something_needs_one():
@@ -227,3 +231,52 @@ def test_to_dict_round_trips_through_json():
 def test_field_names_are_the_dataclass_fields():
     assert field_names() == {f.name for f in dataclasses.fields(TrainingArguments)}
     assert "learning_rate" in field_names() and "objective_metric" not in field_names()
+
+
+# --- torch_compile -------------------------------------------------------------------------------------------------
+
+
+def test_torch_compile_is_off_by_default_and_a_backend_or_mode_turns_it_on():
+    args = TrainingArguments()
+    assert (args.torch_compile, args.torch_compile_backend, args.torch_compile_mode) == (False, None, None)
+    assert TrainingArguments(torch_compile=True).torch_compile_backend is None  # torch.compile's default: inductor
+    assert TrainingArguments(torch_compile_backend="aot_eager").torch_compile is True  # as in Transformers
+    assert TrainingArguments(torch_compile_mode="max-autotune").torch_compile is True
+    from_yaml = TrainingArguments.from_dict({"torch_compile": False, "torch_compile_backend": "eager"})
+    assert from_yaml.torch_compile is True  # naming a backend wins over the default-looking false, as in Transformers
+
+
+def test_replace_turning_torch_compile_off_drops_its_backend_and_mode():
+    # a search param `torch_compile: [true, false]` over a fixed backend: the copy that turns it off must stay off
+    args = TrainingArguments(torch_compile_backend="eager", torch_compile_mode="default")
+    off = args.replace(torch_compile=False)
+    assert (off.torch_compile, off.torch_compile_backend, off.torch_compile_mode) == (False, None, None)
+    assert args.replace(torch_compile=False, torch_compile_backend="aot_eager").torch_compile is True  # named: on
+    assert args.replace(seed=1).torch_compile_backend == "eager"  # other copies keep them
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"torch_compile_backend": "aot_eagr"}, r"^`torch_compile_backend` is 'aot_eagr', but must be a torch.compile "
+         r"backend \(inductor, eager, aot_eager, cudagraphs, .*\) \(did you mean `aot_eager`\?\)$"),
+        ({"torch_compile_mode": "max_autotune"}, r"^`torch_compile_mode` is 'max_autotune', but must be one of default "
+         r"\| reduce-overhead \| max-autotune \| max-autotune-no-cudagraphs \(did you mean `max-autotune`\?\)$"),
+        ({"torch_compile": "yes"}, r"^`torch_compile` is 'yes' \(str\), but must be a bool$"),
+        ({"torch_compile_backend": 3}, r"^`torch_compile_backend` is 3 \(int\), but must be a str$"),
+    ],
+)  # fmt: skip
+def test_bad_torch_compile_values_are_one_line_naming_the_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingArguments(**values)
+
+
+def test_a_torch_compile_backend_from_torchs_registry_is_taken():
+    # not one of the four checked without torch: looked up in torch's registry of backends
+    assert TrainingArguments(torch_compile_backend="aot_eager_decomp_partition").torch_compile is True
+
+
+def test_a_search_param_naming_a_torch_compile_backend_is_checked_like_the_field():
+    with pytest.raises(ConfigError, match=r"^`space.torch_compile_backend` is 'indcutor', but must be a torch.co"):
+        TrainingArguments().check_value("torch_compile_backend", "indcutor", where="space.torch_compile_backend")
+    assert TrainingArguments().check_value("torch_compile_backend", "eager") == "eager"

@@ -805,3 +805,61 @@ def test_a_resume_under_reduce_lr_on_plateau_after_a_cut_is_bitwise_exact(tmp_pa
 
 def _rates(checkpoint: Path) -> list[float]:
     return [g["lr"] for g in torch.load(checkpoint / "optimizer.pt", weights_only=True)["param_groups"]]
+
+
+# --- the per-step path (issue 17): what it skips must change nothing --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant", "constant_with_warmup", "inverse_sqrt"])
+def test_the_schedules_step_leaves_lambdalrs_state_and_rates(kind):
+    # _Schedule.step skips LambdaLR's checks and copies; its state (every checkpoint's scheduler.pt) and the rates it
+    # sets must be LambdaLR's own, step by step
+    from tunetrain.loop import _make_optimizer, _make_scheduler
+
+    args = TrainingArguments(lr_scheduler_type=kind, warmup_steps=0 if kind == "constant" else 3, weight_decay=0.1)
+    ours_opt, theirs_opt = (_make_optimizer(torch.nn.Linear(3, 2), args) for _ in range(2))
+    ours = _make_scheduler(ours_opt, args, 20)
+    theirs = torch.optim.lr_scheduler.LambdaLR(theirs_opt, ours.lr_lambdas[0])
+    for _ in range(25):
+        assert ours.state_dict() == theirs.state_dict()
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
+        ours_opt.step(), theirs_opt.step()
+        ours.step(), theirs.step()
+
+
+def test_the_loss_window_folds_between_log_lines_and_a_resume_stays_exact(tmp_path, tiny_task, monkeypatch):
+    # each micro-batch's loss is kept on the device and summed every FOLD_EVERY of them: a run saved mid-window, and
+    # one resumed from there, log the same losses to the bit; the train loss is the one logged line by line
+    monkeypatch.setattr("tunetrain.loop._LossWindow.FOLD_EVERY", 2)
+    args = _args(tmp_path, logging_steps=5, save_steps=6, eval_steps=30, max_steps=20)
+    full = Trainer(tiny_task, args)
+    full_out = full.train()
+    resumed_dir = _resumed_copy(tmp_path, Path(args.output_dir), 12)  # 2 steps into a log window
+    resumed = Trainer(tiny_task, args.replace(output_dir=str(resumed_dir)))
+    resumed.train(resume_from_checkpoint=True)
+    assert _losses(resumed) == _losses(full)
+    every = Trainer(tiny_task, _args(tmp_path / "every", logging_steps=1, save_strategy="no", eval_strategy="no",
+                                     max_steps=20))  # fmt: skip
+    every.train()
+    losses = [e["loss"] for e in _losses(every)]
+    assert len(losses) == 20 and full_out.training_loss == pytest.approx(sum(losses) / 20, rel=1e-6)
+
+
+def test_logs_evaluations_and_saves_come_at_the_steps_their_strategies_name(tmp_path, tiny_task):
+    # the loop calls _maybe_log_evaluate_save only at the next step a `steps` strategy is due and at epoch ends
+    from tunetrain.loop import _next_step_due
+
+    args = _args(tmp_path, logging_steps=4, eval_steps=6, save_steps=10, max_steps=40, save_total_limit=None)
+    assert [_next_step_due(args, step) for step in (0, 4, 5, 6, 8, 10, 11)] == [4, 6, 6, 8, 10, 12, 12]
+    assert _next_step_due(args.replace(logging_strategy="epoch", eval_strategy="no", save_strategy="no"), 3) > 10**9
+    trainer = Trainer(tiny_task, args)
+    trainer.train()
+    logged = [e["step"] for e in _losses(trainer)]
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    assert logged == list(range(4, 41, 4)) and evaluated == list(range(6, 37, 6))
+    assert [c.name for c in ckpt.list_checkpoints(args.output_dir)] == [f"checkpoint-{s}" for s in (10, 20, 30, 40)]
+    epochs = Trainer(tiny_task, _args(tmp_path / "epochs", logging_strategy="epoch", eval_strategy="epoch",
+                                      save_strategy="epoch", max_steps=40))  # fmt: skip
+    epochs.train()  # 15 steps an epoch; a budget that ends mid-epoch still logs, evaluates and saves there
+    assert [e["step"] for e in _losses(epochs)] == [15, 30, 40]
+    assert [e["step"] for e in epochs.state.log_history if "eval_loss" in e] == [15, 30, 40]

@@ -37,6 +37,10 @@ LR_SCHEDULER_KWARGS = {
 }
 STRATEGIES = ("no", "steps", "epoch")
 REPORT_TO = ("tensorboard", "none")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# backends every torch registers: named so that checking one of them needs no import of torch._dynamo (1.6 s); any
+# other name is looked up in torch's registry (a plugin's backend, or a typo)
+_BUILTIN_COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
 
 
 @dataclass(kw_only=True)
@@ -54,6 +58,11 @@ class TrainingArguments:
     evaluations without improvement. `label_smoothing_factor`, `label_names`, `eval_on_start`,
     `gradient_checkpointing` (a Transformers model's) and `remove_unused_columns` (of a `datasets.Dataset`: the
     columns the model's forward does not take) mean what they mean in Transformers.
+    `torch_compile` trains the model through `torch.compile`, with `torch_compile_backend` (default inductor; any
+    name torch registers: eager, aot_eager, cudagraphs, ...) and `torch_compile_mode` (default | reduce-overhead |
+    max-autotune | max-autotune-no-cudagraphs); naming either turns `torch_compile` on, as in Transformers. The
+    training steps run compiled (evaluation and prediction run the model itself), the checkpoints hold the model's
+    own weights, and the time spent compiling is reported as `train_compile_seconds`, apart from `train_runtime`.
     """
 
     output_dir: str = "tunetrain_output"
@@ -99,6 +108,9 @@ class TrainingArguments:
     eval_on_start: bool = False
     gradient_checkpointing: bool = False
     remove_unused_columns: bool = True
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("logging_strategy", "eval_strategy", "save_strategy"):
@@ -106,6 +118,8 @@ class TrainingArguments:
                 setattr(self, name, "no")
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _FIELD_KINDS[f.name]))
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True  # as in Transformers: naming a backend or a mode turns compiling on
         _check_choices(self)
         _check_ranges(self)
         _check_combinations(self)
@@ -113,6 +127,11 @@ class TrainingArguments:
         self._derived_greater_is_better = self.greater_is_better is None
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
+            if self.eval_strategy == "steps" and self.eval_steps < 1:  # logging off: its steps may be 0
+                raise ConfigError(
+                    f"`eval_steps` is unset, so it is logging_steps ({self.logging_steps}), but must be >= 1 when "
+                    "eval_strategy=steps"
+                )
         needs_metric = self.load_best_model_at_end or self.early_stopping_patience is not None
         if self.metric_for_best_model is None and needs_metric:
             self.metric_for_best_model = "loss"
@@ -140,6 +159,10 @@ class TrainingArguments:
         rederive = "metric_for_best_model" in overrides and "greater_is_better" not in overrides
         if rederive and getattr(self, "_derived_greater_is_better", False):
             values["greater_is_better"] = None
+        if overrides.get("torch_compile") is False and not {"torch_compile_backend", "torch_compile_mode"} & set(
+            overrides
+        ):  # compiling turned off: the backend and mode that would turn it back on go with it
+            values["torch_compile_backend"] = values["torch_compile_mode"] = None
         return TrainingArguments.from_dict(values, where="args")
 
     def check_value(self, name: str, value: Any, *, where: str | None = None) -> Any:
@@ -258,6 +281,28 @@ def _check_choices(args: TrainingArguments) -> None:
         value = getattr(args, name)
         if value not in allowed:
             raise ConfigError(f"`{name}` is {show_value(value)}, but must be one of {' | '.join(allowed)}")
+    if args.torch_compile_mode is not None and args.torch_compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"`torch_compile_mode` is {show_value(args.torch_compile_mode)}, but must be one of "
+            f"{' | '.join(COMPILE_MODES)}{did_you_mean(args.torch_compile_mode, COMPILE_MODES)}"
+        )
+    backend = args.torch_compile_backend
+    if backend is not None and backend not in _BUILTIN_COMPILE_BACKENDS:
+        _check_compile_backend(backend)
+
+
+def _check_compile_backend(backend: str) -> None:
+    """`backend` is a name torch.compile knows (torch's registry: its own backends, and plugins' through their entry
+    points); else a ConfigError that lists the usual ones."""
+    from torch._dynamo import list_backends
+
+    known = list_backends(exclude_tags=())  # eager and aot_eager too (tagged debug)
+    if backend not in known:
+        usual = dict.fromkeys([*_BUILTIN_COMPILE_BACKENDS, *list_backends()])  # in order, once each
+        raise ConfigError(
+            f"`torch_compile_backend` is {show_value(backend)}, but must be a torch.compile backend "
+            f"({', '.join(usual)}, ...){did_you_mean(backend, known)}"
+        )
 
 
 def _check_ranges(args: TrainingArguments) -> None:
