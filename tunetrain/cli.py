@@ -300,10 +300,7 @@ def _fit_on_ray(cli: argparse.Namespace, fit: FinalFit, threads: int | None) -> 
             on_item=shown.append,
         )
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        cluster.stop(started)
     return shown[-1]
 
 

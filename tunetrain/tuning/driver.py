@@ -120,11 +120,17 @@ def _run(
     """Run the search on its backend (continue it when `started`); search.json says when it finished."""
     # everything that can refuse the search (cluster, resources, storage, budget) runs before anything is deleted or
     # written
-    if config.backend == "ray" and not config.address:
-        # read by Ray when it is first imported: a single-node Ray then advertises 127.0.0.1 only
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    runner = backend_class(config.backend)(experiment, config, exp_dir)
-    runner.prepare()
+    if config.backend == "ray":
+        _start_ray_early(config)
+    try:
+        runner = backend_class(config.backend)(experiment, config, exp_dir)
+        runner.prepare()
+    except BaseException:
+        if config.backend == "ray":
+            from tunetrain.tuning.ray import cluster
+
+            cluster.abandon()  # a no-op once prepare took the start up
+        raise
     try:
         if restart and exp_dir.exists():
             logger.info("--restart: removing %s", exp_dir.uri)
@@ -147,6 +153,17 @@ def _run(
         runner.close()
     exp_dir.write_state({**(exp_dir.read_state() or {}), "status": "finished", "finished_at": time.time()})
     return result
+
+
+def _start_ray_early(config: SearchConfig) -> None:
+    """Begin Ray's start (a local Ray takes seconds) in the background, before the backend's module imports Ray Tune
+    (about a second more) and prepares the search; its `prepare` takes the start up (see tuning.ray.cluster)."""
+    if not config.address:
+        # read by Ray when it is first imported: a single-node Ray then advertises 127.0.0.1 only
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from tunetrain.tuning.ray import cluster
+
+    cluster.start_in_background(config)
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -21,7 +21,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import ray
 from ray import tune
 
 from tunetrain.errors import ConfigError
@@ -58,11 +57,14 @@ class RayBackend(Backend):
 
     def prepare(self) -> None:
         """Start or join Ray and check that the search can run there; compute the scheduler's last rung."""
-        # the budget may load the task: before Ray starts, so that a budget too small costs no start-up
-        self.max_t = max_t_for(self.experiment, self.config)
-        if self.config.scheduler.type == "pbt":
-            mutations = pbt_mutations(self.config.scheduler, self.experiment.space)
-            check_mutations_keep_shape(self.experiment, mutations, "search.scheduler.hyperparam_mutations")
+        try:  # while Ray starts, when the driver began it (see cluster)
+            self.max_t = max_t_for(self.experiment, self.config)  # may load the task
+            if self.config.scheduler.type == "pbt":
+                mutations = pbt_mutations(self.config.scheduler, self.experiment.space)
+                check_mutations_keep_shape(self.experiment, mutations, "search.scheduler.hyperparam_mutations")
+        except BaseException:
+            cluster.abandon()
+            raise
         self.started_ray = cluster.connect(self.config, self.exp_dir)
 
     def can_resume(self) -> bool:
@@ -161,8 +163,7 @@ class RayBackend(Backend):
         return tuner, sealed[state.TUNER_NAME]
 
     def close(self) -> None:
-        if self.started_ray:
-            ray.shutdown()
+        cluster.stop(self.started_ray)
 
     def num_samples(self) -> int:
         """num_trials, but never more than a grid sampler has points (Optuna would repeat them)."""

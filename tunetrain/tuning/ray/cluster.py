@@ -1,5 +1,11 @@
 """The Ray a search runs on: a local one of its own on 127.0.0.1, or a cluster joined by address, checked before
-anything of the experiment is written (resources for one trial, storage every node can see)."""
+anything of the experiment is written (resources for one trial, storage every node can see).
+
+Starting a local Ray takes seconds (its GCS, raylet and agents come up); a search begins it in the background
+(`start_in_background`) while the driver imports Ray Tune and prepares the search, and `connect` takes it up. The
+thread that starts Ray lives until `stop`: the processes Ray starts are tied to the thread that started them
+(PR_SET_PDEATHSIG), and would be killed when it ended.
+"""
 
 from __future__ import annotations
 
@@ -31,31 +37,134 @@ QUIET_ENV = {
 
 
 def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
-    """Start or join Ray and check that the search can run there; True when this call started Ray.
+    """Start or join Ray (or take up the start `start_in_background` began) and check that the search can run there;
+    True when this search started Ray (`stop` shuts it down).
 
     Called before anything of the experiment is written or deleted, so bad input loses nothing.
     """
-    started_here = start(config)
+    try:
+        started_here = _pending.wait() if _pending is not None else start(config)
+    except BaseException:
+        stop(False)
+        raise
     try:
         _check_resources(config)
         if cluster_address(config):
             _check_storage_on_every_node(exp_dir)
     except BaseException:
-        if started_here:
-            ray.shutdown()
+        stop(started_here)
         raise
     return started_here
+
+
+class _Start(threading.Thread):
+    """`start` in a thread that then waits for `stop` (see the module docstring)."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        super().__init__(name="tunetrain-ray-start", daemon=True)
+        self.config = config
+        self.done = threading.Event()
+        self.released = threading.Event()
+        self.started: bool = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            # Ray warns that, called from this thread, it leaves the SIGTERM handler alone: what the CLI wants
+            with _warning_dropped("ray._private.worker", "SIGTERM handler is not set"):
+                self.started = start(self.config)
+        except BaseException as exc:  # raised in the caller by `wait`
+            self.error = exc
+        finally:
+            self.done.set()
+        self.released.wait()
+
+    def wait(self) -> bool:
+        """What `start` returned, or what it raised."""
+        self.done.wait()
+        if self.error is not None:
+            self.released.set()
+            raise self.error
+        return self.started
+
+
+_pending: _Start | None = None
+
+
+def start_in_background(config: SearchConfig) -> None:
+    """Begin `start` (a local Ray, or joining a cluster) in a thread; `connect` takes it up, or `abandon` ends it."""
+    global _pending
+    _quiet()  # before Ray Tune is imported, which the caller goes on to do
+    if _pending is None:
+        _pending = _Start(config)
+        _pending.start()
+
+
+def abandon() -> None:
+    """The search stops before `connect`: the Ray that `start_in_background` started, if it did, is shut down."""
+    if _pending is None:
+        return
+    try:
+        started_here = _pending.wait()
+    except BaseException:  # the search's own error is the one to show
+        started_here = False
+    stop(started_here)
+
+
+def stop(started_here: bool) -> None:
+    """Shut down the Ray this search started (when `started_here`) and end the thread that started it."""
+    global _pending
+    try:
+        if started_here:
+            _shut_down()
+    finally:
+        if _pending is not None:
+            _pending.released.set()
+            _pending = None
+
+
+def _shut_down() -> None:
+    """`ray.shutdown()`, without its wait on the autoscaler's monitor (a local Ray has nothing to scale): given a
+    second to end on SIGTERM, it takes all of it. Killed first, it is gone at once."""
+    from ray._private import ray_constants
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", {}) if node is not None and node.is_head() else {}
+    for info in processes.get(getattr(ray_constants, "PROCESS_TYPE_MONITOR", "monitor"), []):
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait()
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def _warning_dropped(logger_name: str, text: str) -> Iterator[None]:
+    """The records of logger `logger_name` that contain `text` dropped, while in this block."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def start(config: SearchConfig, *, named: str = "`search.address`") -> bool:
     """Connect to `address` (what the user `named` it: the file's key, or a flag), or start a local Ray on
     127.0.0.1; False when Ray was already up in this process."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    _quiet()
     if ray.is_initialized():
         return False
     with _sigterm_handler_kept():
         return _start_or_join(config, named)
+
+
+def _quiet() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 @contextlib.contextmanager
@@ -86,7 +195,9 @@ def _start_or_join(config: SearchConfig, named: str) -> bool:
     # "local": a Ray of its own, even where `ray start` left a cluster's address behind (/tmp/ray/ray_current_cluster,
     # which a bare ray.init() would join, and fail on once that cluster is gone)
     _keep_on_loopback()
-    ray.init(address="local", _node_ip_address="127.0.0.1", **common)
+    # no idle workers started ahead: a trial's actor never takes one (Ray starts a process of its own for each)
+    quick = {"prestart_worker_first_driver": False}
+    ray.init(address="local", _node_ip_address="127.0.0.1", _system_config=quick, **common)
     return True
 
 
