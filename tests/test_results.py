@@ -158,6 +158,48 @@ def test_flush_waits_for_its_interval_unless_forced(tmp_path):
     assert read_results(tmp_path).trials[0].status == "completed"
 
 
+def test_an_end_left_to_the_next_write_is_written_with_it(tmp_path):
+    # the Ray driver: a write of every trial's row and every history row at each end cost a search O(trials^2)
+    book = _book(tmp_path, interval=3600.0)
+    book.start("t0", 0, {})
+    book.flush(force=True)
+    book.finish("t0", "completed", write_now=False)
+    assert read_results(tmp_path).trials[0].status == "running"  # written under an hour ago: not yet
+    book.flush(force=True)
+    assert read_results(tmp_path).trials[0].status == "completed"
+
+
+def test_writes_are_spaced_by_what_the_last_one_took(tmp_path):
+    book = _book(tmp_path, interval=0.0)
+    book.start("t0", 0, {})
+    book.flush(force=True)
+    book._write_s = (3600.0, 3600.0)  # writes that took an hour: the next comes 19 hours later at the earliest
+    _report(book, "t0", [0.5])
+    assert read_results(tmp_path).trials[0].evaluations == 0
+    book.flush(force=True)
+    assert read_results(tmp_path).trials[0].evaluations == 1
+
+
+def test_history_converted_as_it_comes_reads_back_as_one_table_after_rows_are_replaced(tmp_path):
+    book = _book(tmp_path, interval=0.0)
+    book.start("t0", 0, {})
+    book.start("t1", 1, {})
+    _report(book, "t0", [0.1, 0.2, 0.3])  # a write after each report: one part each
+    _report(book, "t1", [0.5])
+    book.start("t0", 0, {})  # restarted from its checkpoint at evaluation 1: its rows from 2 on are dropped
+    _report(book, "t0", [0.25], first=2)
+    book.report("t1", {"eval_accuracy": 0.6, "evaluation": 2, "step": 20})
+    book.flush(force=True)  # (writes that take long are spaced: see above)
+    expected = [("t0", 1, 0.1), ("t1", 1, 0.5), ("t0", 2, 0.25), ("t1", 2, 0.6)]
+    assert [(h["trial_id"], h["evaluation"], h["metric"]) for h in read_history(tmp_path)] == expected
+    for evaluation in range(3, 3 + 70):  # more parts than are kept apart: joined, same rows
+        book.report("t1", {"eval_accuracy": 0.6, "evaluation": evaluation, "step": 10 * evaluation})
+        book.flush(force=True)
+    history = read_history(tmp_path)
+    assert len(history) == 4 + 70 and [h["evaluation"] for h in history[-3:]] == [70, 71, 72]
+    assert pq.read_metadata(tmp_path / "history.parquet").num_rows == 74
+
+
 def test_flush_with_nothing_new_writes_nothing(tmp_path):
     book = _book(tmp_path)
     book.start("t0", 0, {})

@@ -2,7 +2,9 @@
 
 Both search backends feed a `ResultsBook` from the driver process as trials report and finish; it rewrites the two
 files (atomically, on a local disk; as single objects, on a pyarrow filesystem) at most every few seconds and at
-the end, so a killed search leaves results that are at most that old, and a rerun picks them up again.
+the end, so a killed search leaves results that are at most that old, and a rerun picks them up again. A file is
+rewritten whole (Parquet has no append): the writes are spaced so that they take at most ~5% of the driver's time
+however many trials the search has, and history rows are converted to Arrow once, as they come.
 `SearchResult` reads them back (`read_results`) and answers what a user asks of a search: the best trial, the
 top k, how many ended in each status; for a search of several objectives, the Pareto front.
 
@@ -19,8 +21,8 @@ import math
 import os
 import posixpath
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunetrain.errors import ConfigError
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
 STATUSES = ("running", "completed", "stopped_early", "pruned", "timed_out", "errored")
 # trained to their own end: what a Pareto front is taken over
 FINISHED_STATUSES = ("completed", "stopped_early")
+# the files are rewritten at most every `min_interval_s`, and no sooner than this many times what the last write
+# took: at most ~5% of the driver's time goes to them (Ray spaces its own snapshots so)
+WRITE_SPACING = 19
+HISTORY_PARTS = 64  # history rows converted to Arrow are kept in parts (one per write), joined past this many
 
 
 @dataclass
@@ -247,7 +253,13 @@ class ResultsBook:
         self.history: list[dict[str, Any]] = []
         self._last_evaluation: dict[str, int] = {}  # trial id -> its latest evaluation in `history`
         self._rows: dict[str, list[dict[str, Any]]] = {}  # trial id -> its rows of `history`
+        # the first `_converted` rows of `history` as Arrow tables (a write converts only the rows after them)
+        self._history_parts: list[Any] = []
+        self._converted = 0
         self._last_write = 0.0
+        # how long the last two writes took: the shorter one spaces the writes (one slow write, the first, which
+        # imports what pyarrow needs, or one on a busy disk, does not)
+        self._write_s = (0.0, 0.0)
         self._dirty = False
 
     # ------------------------------------------------------------------ recording
@@ -332,7 +344,18 @@ class ResultsBook:
         """The trial's latest evaluation recorded (0 for none)."""
         return self._last_evaluation.get(trial_id, 0)
 
-    def finish(self, trial_id: str, status: str, *, error: str | None = None, ended_at: float | None = None) -> None:
+    def finish(
+        self,
+        trial_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        ended_at: float | None = None,
+        write_now: bool = True,
+    ) -> None:
+        """A trial's end. `write_now` (default True) writes the files at once; False leaves it to the next write, at
+        most a few seconds later (the Ray driver: each trial's end is in its ended.json first, which a resume reads
+        back, and a write per trial would cost the search O(trials^2))."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         record = self.trials[trial_id]
@@ -340,7 +363,7 @@ class ResultsBook:
         record.error = error
         record.ended_at = ended_at or time.time()
         self._dirty = True
-        self.flush(force=True)
+        self.flush(force=write_now)
 
     def result(self) -> SearchResult:
         return SearchResult(
@@ -385,6 +408,7 @@ class ResultsBook:
         self._rows = {}
         for row in self.history:
             self._rows.setdefault(row["trial_id"], []).append(row)
+        self._history_parts, self._converted = [], 0  # rare (a resumed trial, a restored end): converted anew
 
     # ------------------------------------------------------------------ files
 
@@ -393,7 +417,8 @@ class ResultsBook:
         existing = read_results(self.experiment_dir, filesystem=self.filesystem, missing_ok=True)
         if existing is not None:
             self.trials = {t.trial_id: t for t in existing.trials}
-        self.history = []
+        self.history, self._rows = [], {}
+        self._history_parts, self._converted = [], 0
         for row in _read_rows(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}"):
             self._add_row(row)
             # rows are in the order they were reported: a trial's latest is its last (after a PBT exploit its count
@@ -401,8 +426,11 @@ class ResultsBook:
             self._last_evaluation[row["trial_id"]] = row["evaluation"]
 
     def flush(self, force: bool = False) -> None:
+        """Write both files, if anything changed: with `force` now, else once `min_interval_s` (or, for a large
+        search, WRITE_SPACING times what a write takes) has passed since the last write."""
         now = time.monotonic()
-        if not self._dirty or (not force and now - self._last_write < self.min_interval_s):
+        interval = max(self.min_interval_s, WRITE_SPACING * min(self._write_s))
+        if not self._dirty or (not force and now - self._last_write < interval):
             return
         import pyarrow as pa
 
@@ -410,7 +438,7 @@ class ResultsBook:
         results_schema, history_schema = _schemas(self.metrics)
         rows = [self._row(t) for t in sorted(self.trials.values(), key=lambda t: t.number)]
         results = pa.Table.from_pylist(rows, schema=results_schema)
-        history = pa.Table.from_pylist(self.history, schema=history_schema)
+        history = self._history_table(history_schema)
         metadata = {b"metric": self.metric.encode(), b"mode": self.mode.encode()}
         if len(self.metrics) > 1:
             metadata.update({b"metrics": json.dumps(self.metrics).encode(), b"modes": json.dumps(self.modes).encode()})
@@ -418,8 +446,22 @@ class ResultsBook:
             self.filesystem, f"{self.experiment_dir}/{RESULTS_NAME}", results.replace_schema_metadata(metadata)
         )
         write_parquet(self.filesystem, f"{self.experiment_dir}/{HISTORY_NAME}", history)
-        self._last_write = now
+        self._last_write = time.monotonic()
+        self._write_s = (self._write_s[1], self._last_write - now)
         self._dirty = False
+
+    def _history_table(self, schema: Any) -> Any:
+        """`history` as one Arrow table: the rows added since the last write converted, the others as they were."""
+        import pyarrow as pa
+
+        if self._converted < len(self.history):
+            self._history_parts.append(pa.Table.from_pylist(self.history[self._converted :], schema=schema))
+            self._converted = len(self.history)
+        if not self._history_parts:
+            return schema.empty_table()
+        if len(self._history_parts) > HISTORY_PARTS:
+            self._history_parts = [pa.concat_tables(self._history_parts).combine_chunks()]
+        return pa.concat_tables(self._history_parts)
 
     def _mark_front(self) -> None:
         """Several objectives: flag the trials on the front of the finished ones (completed, or ended by their own
@@ -588,9 +630,12 @@ def _schemas(metrics: tuple[str, ...] = ()) -> tuple[Any, Any]:
     return results, history
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(TrialRecord) if f.name != "_experiment_dir")
+
+
 def _record_row(record: TrialRecord, metrics: tuple[str, ...]) -> dict[str, Any]:
-    row = asdict(record)
-    row.pop("_experiment_dir")
+    # the fields as they are (asdict's deep copy costs ~10x, and every write makes a row of every trial)
+    row = {name: getattr(record, name) for name in _RECORD_FIELDS}
     row["params"] = json.dumps(record.params, sort_keys=True, default=str)
     row["parent"] = None if record.parent is None else json.dumps(record.parent, sort_keys=True)
     objectives = row.pop("objectives") or [None] * len(metrics)
@@ -625,14 +670,18 @@ def _relative_checkpoint(checkpoint: str | None, experiment_path: str, *, local:
     """A checkpoint inside the experiment dir (a path in its filesystem) relative to it; any other as it is."""
     if not checkpoint:
         return checkpoint
+    # strings, not pathlib (every write makes a row of every trial: pathlib's parsing was most of a write's time)
     if local and not is_uri(checkpoint):
-        path, base = Path(os.path.abspath(checkpoint)), Path(os.path.abspath(experiment_path))
+        path, base, separator = os.path.abspath(checkpoint), os.path.abspath(experiment_path), os.sep
     elif not local and is_uri(checkpoint):  # a trial's checkpoint in remote storage: `scheme://` + the path in it
-        path = PurePosixPath(posixpath.normpath(checkpoint.split("://", 1)[1]))
-        base = PurePosixPath(posixpath.normpath(experiment_path))
+        path, separator = posixpath.normpath(checkpoint.split("://", 1)[1]), "/"
+        base = posixpath.normpath(experiment_path)
     else:
         return checkpoint
-    return path.relative_to(base).as_posix() if path != base and path.is_relative_to(base) else checkpoint
+    prefix = base.rstrip(separator) + separator
+    if not os.path.normcase(path).startswith(os.path.normcase(prefix)):
+        return checkpoint
+    return path[len(prefix) :].replace(separator, "/")
 
 
 def _resolved_checkpoint(stored: str | None, location: str) -> str | None:

@@ -4,6 +4,9 @@
   value, which misleads TPE); errored trials as FAIL.
 - The bookkeeper keeps `results.parquet` / `history.parquet`, prints progress, marks each trial that ended for good
   in its dir (`ended.json`) and backs up Ray's own state.
+- What the driver holds per trial is bounded for searches of thousands: once a trial has ended, the bookkeeper trims
+  what Ray keeps of it to what Ray reads again (`trim_ended`); the journal mirror looks only at the trials that may
+  have changed.
 
 The three are built with the same `SearchState` (see `search_state`).
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune import result as ray_result
 from ray.tune.search.optuna import OptunaSearch
 
 from tunetrain.errors import ConfigError
@@ -27,6 +31,7 @@ from tunetrain.storage.layout import JOURNAL_NAME
 from tunetrain.tuning.progress import Progress
 from tunetrain.tuning.ray import state
 from tunetrain.tuning.ray.protocol import (
+    CURRENT,
     EVALUATION,
     FINAL_STATUSES,
     OBJECTIVE,
@@ -65,6 +70,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._journal = journal
         # trial number -> (journal trial id, state name, intermediate values count) as last mirrored
         self._mirrored: dict[int, tuple[int, str, int]] = {}
+        # the numbers of those mirrored unfinished: with the trials not mirrored yet, all a mirror looks at (None:
+        # not known yet, for a searcher restored from the state of a tunetrain that did not keep it)
+        self._open: set[int] | None = set()
         self._mirror_study_id: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # the mirror's storage is opened again where it is needed
@@ -88,7 +96,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         from optuna.trial import TrialState
 
         storage = self._mirror_target()
-        for trial in self._ot_study.get_trials(deepcopy=False):
+        for trial in self._unsettled(self._ot_study.get_trials(deepcopy=False)):
             seen = (trial.state.name, len(trial.intermediate_values))
             mirrored = self._mirrored.get(trial.number)
             if mirrored is None:
@@ -104,11 +112,25 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 if trial.state.is_finished():
                     storage.set_trial_state_values(journal_id, trial.state, trial.values)
             self._mirrored[trial.number] = (journal_id, *seen)
+            (self._open.discard if trial.state.is_finished() else self._open.add)(trial.number)
         if finished:
             ours = {journal_id for journal_id, _, _ in self._mirrored.values()}
             for trial in storage.get_all_trials(self._mirror_study_id, deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial._trial_id not in ours:
                     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    def _unsettled(self, trials: list[Any]) -> list[Any]:
+        """Of the study's trials (in the order of their numbers), those a mirror may have to write: the ones not
+        mirrored yet and the ones mirrored unfinished (a trial mirrored finished never changes again). A mirror
+        then costs what changed, not the study's size."""
+        from optuna.trial import TrialState
+
+        if self._open is None:
+            self._open = {n for n, (_, state, _) in self._mirrored.items() if not TrialState[state].is_finished()}
+        numbered = len(trials) >= len(self._mirrored) and all(trials[n].number == n for n in self._open)
+        if not numbered:  # not in the order of their numbers (never seen): look at every one
+            return list(trials)
+        return [trials[n] for n in sorted(self._open)] + trials[len(self._mirrored) :]
 
     def _mirror_target(self) -> Any:
         storage = self.__dict__.get("_mirror_storage")
@@ -130,6 +152,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         # Ray restores a searcher by replacing its __dict__ with the pickled one: keep the state shared with the
         # scheduler and the bookkeeper (the pickled copy is an empty one of its own)
         search_state = self.search_state
+        self._open = None  # unless the state restored holds it (see _unsettled)
         super().restore(checkpoint_path)
         self.search_state = search_state
 
@@ -247,8 +270,18 @@ class Bookkeeper(tune.Callback):
         self._exp_dir = ExperimentDir(self._filesystem, self.exp_path, self.exp_path)
         self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=self._filesystem)
         self._book.load()
+        self._take_up_ends()
         self._progress = Progress(self._book, self.total, paused=lambda: len(self.search_state.paused))
         self.search_state.ended.clear()
+
+    def _take_up_ends(self) -> None:
+        """Trials the results show running whose dir says they ended: the results are written every few seconds,
+        not at each trial's end, so a killed driver may not have written the last ends (Ray's snapshot may hold
+        them as ended, and never start them again)."""
+        for record in [r for r in self._book.trials.values() if r.status == "running"]:
+            ended = read_ended(self._filesystem, self._exp_dir.trial_path(record.trial_id))
+            if ended is not None:
+                self._book.restore(ended)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
@@ -304,15 +337,23 @@ class Bookkeeper(tune.Callback):
         return exploit["trial_id"], exploit["step"]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray calls the scheduler and the searcher first, then the callbacks, this one first: trimmed here, a
+        # trial's full last result has been read by all of them but Ray's progress printer (which then reads less)
+        try:
+            self._trial_completed(trial)
+        finally:
+            trim_ended(trial, runs_again=False)  # a trial that completed never runs again (resume skips it)
+
+    def _trial_completed(self, trial: Any) -> None:
         if trial.trial_id in self.search_state.ended:
             return
-        error = values_of(trial.last_result).get("error")
-        if error:  # the trial ended itself on an error it must not be retried for (a diverged loss)
-            self._finish(trial, "errored", error, for_good=True)  # nor rerun on resume
+        values = values_of(trial.last_result)
+        if values.get("error"):  # the trial ended itself on an error it must not be retried for (a diverged loss)
+            self._finish(trial, "errored", values["error"], for_good=True)  # nor rerun on resume
             return
         if trial.trial_id in self.search_state.stopped_early:
             status = "pruned"  # by ASHA, as the Optuna backend's pruner
-        elif values_of(trial.last_result).get("early_stopped"):
+        elif values.get("early_stopped"):
             status = "stopped_early"  # by the run's early_stopping_patience, as in the Optuna backend
         else:
             status = "completed"
@@ -326,6 +367,7 @@ class Bookkeeper(tune.Callback):
         # Ray's error text is the trial's traceback: its last line is "Type: message"
         message = str(user_error or error or "the trial failed").strip().splitlines()[-1]
         self._finish(trial, "errored", message)
+        trim_ended(trial, runs_again=True)  # a resume runs it again (resume_errored), from its checkpoint
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.seal()
@@ -371,7 +413,8 @@ class Bookkeeper(tune.Callback):
         final = self._book.final_record(trial.trial_id, status, error)
         if status in FINAL_STATUSES or for_good:  # first: a trial the results show ended must never be trained again
             write_ended(self._filesystem, self._trial_path(trial), final)
-        self._book.finish(trial.trial_id, status, error=error, ended_at=final["record"]["ended_at"])
+        # written with the next write, a few seconds later at most: its ended.json, or Ray's state, says it ended
+        self._book.finish(trial.trial_id, status, error=error, ended_at=final["record"]["ended_at"], write_now=False)
         self._progress.update()
 
     def _trial_path(self, trial: Any) -> str:
@@ -382,6 +425,53 @@ class Bookkeeper(tune.Callback):
         kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch", "num_processes")}
         kept.update({k: v for k, v in values.items() if k.startswith("eval_")})
         return kept
+
+
+# what Ray keeps of an ended trial's last result, and of its checkpoints' metrics: the keys Ray reads back (a
+# restored trial's iteration count and time, whether it is done) and the values the searcher and schedulers compare.
+# The rest (the evaluation's values as JSON, the config, host, pid, dates) is in results.parquet / history.parquet
+_KEPT_RESULT_KEYS = frozenset(
+    {
+        ray_result.TRIAL_ID,
+        ray_result.DONE,
+        ray_result.TRAINING_ITERATION,
+        ray_result.TIME_TOTAL_S,
+        ray_result.TIMESTEPS_TOTAL,
+        ray_result.EPISODES_TOTAL,
+        ray_result.TIMESTAMP,
+        EVALUATION,
+        CURRENT,
+    }
+)
+
+
+def trim_ended(trial: Any, *, runs_again: bool) -> None:
+    """Trim what Ray keeps in the driver of a trial that has ended, for good or (`runs_again`) until a resume.
+
+    Ray keeps every trial's last result (the full report, its config, host and dates), running statistics of each
+    numeric key (six floats and two deques a key, which its snapshots pickle), its checkpoints' metrics (another
+    copy of a report), and a cached JSON of all of that, in memory and in each snapshot of the experiment: ~10 KiB a
+    trial, over the whole search. An ended trial's statistics are read by nobody (tunetrain reads its own results,
+    not Ray's ResultGrid); its last result and checkpoint metrics keep what Ray reads back (see _KEPT_RESULT_KEYS).
+    A trial that runs again keeps its checkpoint metrics whole: Ray restores its counters from them.
+    """
+    # Ray's future of the trial's actor's host and pid: an object this driver owns (and Ray keeps, outside Python)
+    # for as long as the trial holds it, which is for ever once the trial has reported (read only before that)
+    trial._default_result_or_future = None
+    metadata = trial.run_metadata
+    metadata.last_result = _kept(metadata.last_result)  # (setting an attribute drops Ray's cached JSON of it)
+    metadata.metric_analysis = {}
+    metadata.metric_n_steps = {}
+    manager = metadata.checkpoint_manager
+    if not runs_again and manager is not None:
+        for checkpoint_result in {id(r): r for r in [*manager.best_checkpoint_results, manager.latest_checkpoint_result]
+                                  if r is not None}.values():  # fmt: skip
+            checkpoint_result.metrics = _kept(checkpoint_result.metrics)
+        metadata.invalidate_cache()
+
+
+def _kept(result: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (result or {}).items() if k in _KEPT_RESULT_KEYS or k.startswith(OBJECTIVE)}
 
 
 def _trial_error(trial: Any) -> BaseException | None:
