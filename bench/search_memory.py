@@ -85,22 +85,22 @@ def _peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * KIB
 
 
-def run_search(root: Path, trials: int, evaluations: int):
-    """The search's result and wall seconds."""
+def run_search(root: Path, trials: int, evaluations: int, *, name: str = "memory", sampler: str = "random"):
+    """The search's result and wall seconds (a tiny task; `sampler` with seed 0; each trial must complete)."""
     import tunetrain
     from tunetrain.experiment import experiment_from_dict
 
     (root / "tiny_task.py").write_text(TASK)
     experiment = experiment_from_dict(
         {
-            "name": "memory",
+            "name": name,
             "task": f"{root / 'tiny_task.py'}:task",
             "train": {"max_steps": evaluations, "per_device_train_batch_size": 64, "eval_strategy": "steps",
                       "eval_steps": 1, "logging_strategy": "no", "metric_for_best_model": "accuracy",
                       "per_device_eval_batch_size": 64},
             "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
-            "search": {"num_trials": trials, "max_concurrent_trials": 2, "scheduler": "none", "sampler": "random",
-                       "storage": str(root / "runs")},
+            "search": {"num_trials": trials, "max_concurrent_trials": 2, "scheduler": "none", "sampler": sampler,
+                       "seed": 0, "storage": str(root / "runs")},
         }
     )  # fmt: skip
     start = time.perf_counter()

@@ -42,8 +42,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray on 127.0.0.1, before Ray is imported
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from search_memory import _deep_size, _rss  # bench/ is the script's directory, so on sys.path
-from search_overhead import TASK
+from search_memory import _deep_size, _rss, run_search  # bench/ is the script's directory, so on sys.path
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -118,33 +117,6 @@ def install(probe: Probe) -> None:
         probe.trial_ended()
 
     Bookkeeper._finish = _finish
-
-
-def run_search(root: Path, trials: int, evaluations: int):
-    """The search's result and wall seconds."""
-    import tunetrain
-    from tunetrain.experiment import experiment_from_dict
-
-    (root / "tiny_task.py").write_text(TASK)
-    experiment = experiment_from_dict(
-        {
-            "name": "scale",
-            "task": f"{root / 'tiny_task.py'}:task",
-            "train": {"max_steps": evaluations, "per_device_train_batch_size": 64, "eval_strategy": "steps",
-                      "eval_steps": 1, "logging_strategy": "no", "metric_for_best_model": "accuracy",
-                      "per_device_eval_batch_size": 64},
-            "space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
-            "search": {"num_trials": trials, "max_concurrent_trials": 2, "scheduler": "none", "sampler": "tpe",
-                       "seed": 0, "storage": str(root / "runs")},
-        }
-    )  # fmt: skip
-    start = time.perf_counter()
-    result = tunetrain.search(experiment)
-    wall = time.perf_counter() - start
-    statuses = collections.Counter(t.status for t in result.trials)
-    if len(result.trials) != trials or set(statuses) != {"completed"}:
-        raise RuntimeError(f"{len(result.trials)} trials, statuses {dict(statuses)}")
-    return result, wall
 
 
 def disk_usage(experiment_dir: Path) -> dict[str, int]:
@@ -252,7 +224,7 @@ def main() -> None:
         if cli.tracemalloc:
             tracemalloc.start(16)
         baseline = _rss()
-        result, wall = run_search(root, n, cli.evaluations)
+        result, wall = run_search(root, n, cli.evaluations, name="scale", sampler="tpe")
         tracemalloc.stop()
         experiment_dir = Path(result.experiment_dir)
         kept = _deep_size(result.trials) + _deep_size(tunetrain.results.read_history(experiment_dir))
