@@ -96,3 +96,23 @@ def test_a_failed_check_on_the_cluster_shuts_down_the_ray_this_search_started(fa
         cluster.connect(SearchConfig(), exp_dir=None)
     assert calls == ["start", "shutdown"]
     assert not [t for t in _start_threads() if t.is_alive() and not t.released.is_set()]
+
+
+def test_ctrl_c_while_connect_waits_for_the_start_shuts_down_the_ray_it_goes_on_to_start(fake_ray, monkeypatch):
+    calls, _, go = fake_ray
+    cluster.start_in_background(SearchConfig())
+    pending = cluster._pending
+    real_wait = pending.wait
+    interrupted = []
+
+    def wait_interrupted():
+        if not interrupted:
+            interrupted.append(True)
+            go.set()  # Ray goes on starting in its thread
+            raise KeyboardInterrupt
+        return real_wait()
+
+    monkeypatch.setattr(pending, "wait", wait_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cluster.connect(SearchConfig(), exp_dir=None)
+    assert calls == ["start", "shutdown"]

@@ -173,3 +173,38 @@ def test_an_ended_json_that_cannot_be_read_is_named_and_the_trial_resumes(tmp_pa
     assert "the trial is taken as not ended: it resumes from its latest checkpoint" in caplog.text
     assert protocol.read_ended(fs.LocalFileSystem(), str(tmp_path / "trials" / "t2")) is None  # none: no warning
     assert caplog.text.count("taken as not ended") == 1
+
+
+def test_ends_a_killed_driver_had_not_written_are_taken_up_from_the_trials_dirs(tmp_path):
+    """A trial's end goes into the results with the next timed write, after its ended.json: a driver killed in
+    between leaves results that show it running, or (started and ended since the last write) not at all. Both come
+    back from the trial's dir before a resumed search reads the results; a trial that has not ended stays running."""
+    from tunetrain.tuning.ray.driver import take_up_ends_on_disk
+
+    exp_dir = ExperimentDir.open(str(tmp_path), "exp")
+    Path(exp_dir.path).mkdir(parents=True)
+    local = fs.LocalFileSystem()
+    seen = ResultsBook(exp_dir.path, metric="eval_accuracy", mode="max", min_interval_s=3600)
+    for number, trial_id in enumerate(["written", "unwritten", "training"]):
+        seen.start(trial_id, number, {"hidden": 8 + number})
+        seen.report(trial_id, {"eval_accuracy": 0.1 * (number + 1), "evaluation": 1, "step": 15})
+        if trial_id == "written":
+            seen.flush(force=True)  # the last write: "written" running, the other two not in the files yet
+    for trial_id, status in (("written", "completed"), ("unwritten", "pruned")):
+        protocol.write_ended(local, exp_dir.trial_path(trial_id), seen.final_record(trial_id, status))
+    Path(exp_dir.trial_path("training")).mkdir(parents=True)  # started, no end: its dir has checkpoints only
+    assert [(t.trial_id, t.status) for t in read_results(exp_dir.path).trials] == [("written", "running")]
+
+    take_up_ends_on_disk(exp_dir, metric="eval_accuracy", mode="max")
+
+    trials = {t.trial_id: t for t in read_results(exp_dir.path).trials}
+    assert {k: t.status for k, t in trials.items()} == {"written": "completed", "unwritten": "pruned"}
+    assert trials["unwritten"].params == {"hidden": 9} and trials["unwritten"].best_metric == 0.2
+    assert sorted((row["trial_id"], row["evaluation"]) for row in read_history(exp_dir.path)) == [
+        ("unwritten", 1),
+        ("written", 1),
+    ]
+    # an ended.json that names another trial (a copied dir) is not taken for this one
+    protocol.write_ended(local, exp_dir.trial_path("copy"), seen.final_record("written", "completed"))
+    take_up_ends_on_disk(exp_dir, metric="eval_accuracy", mode="max")
+    assert "copy" not in {t.trial_id for t in read_results(exp_dir.path).trials}

@@ -376,8 +376,9 @@ class ResultsBook:
         record = {**self._row(self.trials[trial_id]), "status": status, "error": error, "ended_at": time.time()}
         return {"record": record, "history": list(self._rows.get(trial_id, []))}
 
-    def restore(self, final: dict[str, Any]) -> None:
-        """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end."""
+    def restore(self, final: dict[str, Any], *, write_now: bool = True) -> None:
+        """Put back a trial's `final_record`: a killed driver may not have written its last evaluations or its end
+        (`write_now`: the files written at once, else with the next write)."""
         record = _row_record(final["record"], _location(self.filesystem, self.experiment_dir), self.metrics)
         self.trials[record.trial_id] = record
         self._drop_rows(lambda h: h["trial_id"] == record.trial_id)
@@ -385,7 +386,7 @@ class ResultsBook:
             self._add_row(row)
         self._last_evaluation[record.trial_id] = final["history"][-1]["evaluation"] if final["history"] else 0
         self._dirty = True
-        self.flush(force=True)
+        self.flush(force=write_now)
 
     def _drop_repeated(self, trial_id: str, evaluation: int) -> tuple[str, int] | None:
         """Drop the trial's rows from `evaluation` on, as a resumed trial reports them again, but only those since

@@ -30,7 +30,7 @@ from tunetrain.tuning.components import make_ray_scheduler, make_sampler, pauses
 from tunetrain.tuning.explore import check_mutations_keep_shape, pbt_mutations
 from tunetrain.tuning.ray import cluster, state
 from tunetrain.tuning.ray.data_parallel import COORDINATOR_MEMORY, data_parallel_trainable
-from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch
+from tunetrain.tuning.ray.driver import Bookkeeper, PrunedAwareOptunaSearch, take_up_ends_on_disk
 from tunetrain.tuning.ray.protocol import OBJECTIVE, objective_keys
 from tunetrain.tuning.ray.schedulers import ExactPBT, ParetoASHA, PromotingASHA
 from tunetrain.tuning.ray.sealed_fs import sealed_view
@@ -74,6 +74,8 @@ class RayBackend(Backend):
         """Run (or, with `resume`, continue) the search; returns what results.parquet holds."""
         trainable = self._trainable()
         if resume:
+            # the ends a killed driver had not written yet, into the results, before the restored scheduler reads them
+            take_up_ends_on_disk(self.exp_dir, metric=self.config.metric, mode=self.config.mode)
             tuner, tuner_state = self._restore(trainable)
         else:
             search_state = SearchState()  # one per search; a restored search unpickles its own (see search_state)

@@ -44,8 +44,8 @@ def connect(config: SearchConfig, exp_dir: ExperimentDir) -> bool:
     """
     try:
         started_here = _pending.wait() if _pending is not None else start(config)
-    except BaseException:
-        stop(False)
+    except BaseException:  # its error, or Ctrl-C while it starts: a Ray it goes on to start is shut down
+        abandon()
         raise
     try:
         _check_resources(config)

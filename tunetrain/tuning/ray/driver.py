@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 import warnings
 from pathlib import Path
@@ -275,13 +276,7 @@ class Bookkeeper(tune.Callback):
         self.search_state.ended.clear()
 
     def _take_up_ends(self) -> None:
-        """Trials the results show running whose dir says they ended: the results are written every few seconds,
-        not at each trial's end, so a killed driver may not have written the last ends (Ray's snapshot may hold
-        them as ended, and never start them again)."""
-        for record in [r for r in self._book.trials.values() if r.status == "running"]:
-            ended = read_ended(self._filesystem, self._exp_dir.trial_path(record.trial_id))
-            if ended is not None:
-                self._book.restore(ended)
+        take_up_ends(self._book, self._exp_dir)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
@@ -425,6 +420,39 @@ class Bookkeeper(tune.Callback):
         kept = {k: v for k, v in values.items() if k in (self.metric, "evaluation", "step", "epoch", "num_processes")}
         kept.update({k: v for k, v in values.items() if k.startswith("eval_")})
         return kept
+
+
+def take_up_ends(book: ResultsBook, exp_dir: ExperimentDir) -> bool:
+    """Put in `book` the ends its files lack, from the trials' dirs; True when there were any.
+
+    The results are written every few seconds, not at each trial's end (each end is in the trial's `ended.json`
+    first), so a killed driver may not have written the last ends: of trials the results show running, and of
+    trials that started and ended since the last write, which the results do not hold at all (Ray's snapshot may
+    hold them as ended, and never start them again; or as running, and the trial returns at once: see
+    `Bookkeeper.on_trial_start`)."""
+    from pyarrow import fs
+
+    trials_dir = posixpath.dirname(exp_dir.trial_path("x"))
+    found = exp_dir.filesystem.get_file_info(fs.FileSelector(trials_dir, allow_not_found=True))
+    unknown = [info.base_name for info in found if info.type == fs.FileType.Directory]
+    candidates = [r.trial_id for r in book.trials.values() if r.status == "running"]
+    candidates += sorted(trial_id for trial_id in unknown if trial_id not in book.trials)
+    taken = False
+    for trial_id in candidates:
+        ended = read_ended(exp_dir.filesystem, exp_dir.trial_path(trial_id))
+        if ended is not None and ended["record"].get("trial_id") == trial_id:
+            book.restore(ended, write_now=False)
+            taken = True
+    if taken:
+        book.flush(force=True)
+    return taken
+
+
+def take_up_ends_on_disk(exp_dir: ExperimentDir, *, metric: Any, mode: Any) -> None:
+    """`take_up_ends` on the experiment's own results files (before a resumed search reads them back)."""
+    book = ResultsBook(exp_dir.path, metric=metric, mode=mode, filesystem=exp_dir.filesystem)
+    book.load()
+    take_up_ends(book, exp_dir)
 
 
 # what Ray keeps of an ended trial's last result, and of its checkpoints' metrics: the keys Ray reads back (a
