@@ -116,3 +116,39 @@ def test_ctrl_c_while_connect_waits_for_the_start_shuts_down_the_ray_it_goes_on_
     with pytest.raises(KeyboardInterrupt):
         cluster.connect(SearchConfig(), exp_dir=None)
     assert calls == ["start", "shutdown"]
+
+
+@pytest.mark.e2e
+def test_the_python_sigterm_handler_answers_sigterm_again_once_ray_started_in_the_background(monkeypatch):
+    """Ray's core worker installs a C handler of its own on SIGTERM as it starts (a stack dump, then abort: exit -6,
+    row 12 of the reliability table); started in a thread, the caller's Python handler is put back by `connect`.
+    The handler in force is read from the kernel (sigaction), not from Python's record of it."""
+    import ctypes
+    import signal
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class Sigaction(ctypes.Structure):  # the kernel's struct sigaction on Linux (glibc): the handler comes first
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]  # fmt: skip
+
+    def in_force() -> int | None:
+        old = Sigaction()
+        assert libc.sigaction(signal.SIGTERM, None, ctypes.byref(old)) == 0
+        return old.handler
+
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)
+    try:
+        python_handler = in_force()
+        monkeypatch.setattr(cluster, "_pending", None)
+        cluster.start_in_background(SearchConfig())
+        cluster._pending.done.wait(120)
+        started = cluster.connect(SearchConfig(), exp_dir=None)
+        try:
+            assert started is True
+            assert in_force() == python_handler
+        finally:
+            cluster.stop(started)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -80,8 +80,9 @@ class _Start(threading.Thread):
         self.released.wait()
 
     def wait(self) -> bool:
-        """What `start` returned, or what it raised."""
+        """What `start` returned, or what it raised (from the main thread, see `_python_sigterm_handler_back`)."""
         self.done.wait()
+        _python_sigterm_handler_back()
         if self.error is not None:
             self.released.set()
             raise self.error
@@ -160,6 +161,18 @@ def start(config: SearchConfig, *, named: str = "`search.address`") -> bool:
         return False
     with _sigterm_handler_kept():
         return _start_or_join(config, named)
+
+
+def _python_sigterm_handler_back() -> None:
+    """Ray's core worker puts a handler of its own on SIGTERM (a stack dump, then abort: exit -6) as it starts. From
+    the main thread, `start` puts the caller's back (`_sigterm_handler_kept`); started in another thread, it is put
+    back here, in the main thread, once the start is done: Python's handler (the CLI's, which stops a search as
+    Ctrl-C does) is the one the process answers SIGTERM with again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGTERM)  # Python's own record: Ray's C++ handler is not in it
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _quiet() -> None:
