@@ -57,14 +57,11 @@ class RayBackend(Backend):
 
     def prepare(self) -> None:
         """Start or join Ray and check that the search can run there; compute the scheduler's last rung."""
-        try:  # while Ray starts, when the driver began it (see cluster)
-            self.max_t = max_t_for(self.experiment, self.config)  # may load the task
-            if self.config.scheduler.type == "pbt":
-                mutations = pbt_mutations(self.config.scheduler, self.experiment.space)
-                check_mutations_keep_shape(self.experiment, mutations, "search.scheduler.hyperparam_mutations")
-        except BaseException:
-            cluster.abandon()
-            raise
+        # while Ray starts, when the driver began it (see cluster); a refusal here: the driver abandons that start
+        self.max_t = max_t_for(self.experiment, self.config)  # may load the task
+        if self.config.scheduler.type == "pbt":
+            mutations = pbt_mutations(self.config.scheduler, self.experiment.space)
+            check_mutations_keep_shape(self.experiment, mutations, "search.scheduler.hyperparam_mutations")
         self.started_ray = cluster.connect(self.config, self.exp_dir)
 
     def can_resume(self) -> bool:

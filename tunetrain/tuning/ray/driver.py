@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tunetrain.errors import ConfigError
 from tunetrain.results import ResultsBook
 from tunetrain.storage import ExperimentDir, resolve_storage
-from tunetrain.storage.layout import JOURNAL_NAME
+from tunetrain.storage.layout import JOURNAL_NAME, TRIALS_DIR
 from tunetrain.tuning.progress import Progress
 from tunetrain.tuning.ray import state
 from tunetrain.tuning.ray.protocol import (
@@ -271,12 +270,9 @@ class Bookkeeper(tune.Callback):
         self._exp_dir = ExperimentDir(self._filesystem, self.exp_path, self.exp_path)
         self._book = ResultsBook(self.exp_path, metric=self.metric, mode=self.mode, filesystem=self._filesystem)
         self._book.load()
-        self._take_up_ends()
+        take_up_ends(self._book, self._exp_dir)
         self._progress = Progress(self._book, self.total, paused=lambda: len(self.search_state.paused))
         self.search_state.ended.clear()
-
-    def _take_up_ends(self) -> None:
-        take_up_ends(self._book, self._exp_dir)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._book.trials.get(trial.trial_id)
@@ -432,7 +428,7 @@ def take_up_ends(book: ResultsBook, exp_dir: ExperimentDir) -> bool:
     `Bookkeeper.on_trial_start`)."""
     from pyarrow import fs
 
-    trials_dir = posixpath.dirname(exp_dir.trial_path("x"))
+    trials_dir = f"{exp_dir.path}/{TRIALS_DIR}"
     found = exp_dir.filesystem.get_file_info(fs.FileSelector(trials_dir, allow_not_found=True))
     unknown = [info.base_name for info in found if info.type == fs.FileType.Directory]
     candidates = [r.trial_id for r in book.trials.values() if r.status == "running"]
